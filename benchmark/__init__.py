@@ -1,0 +1,1 @@
+"""CLI, typed configs and recipes, training engine, checkpoints, datasets, augmentation, backbones."""

@@ -1,0 +1,1 @@
+"""SLURM launchers (submitit). Filled in by the sweeps work; empty for now."""
