@@ -1,0 +1,126 @@
+"""Backbones: images (B, C, H, W) -> features (B, D).
+
+Three families:
+    * ``small-cnn``: 4 x (3x3 conv, BN, ReLU), channels 32-64-128-256, strides 2-2-2-1, global
+      average pool (388k parameters). Sized for CPU runs on 28-32 px data (MEASURED.md).
+    * ``resnet18-small`` / ``resnet34-small`` / ``resnet50-small``: timm ResNets with the
+      small-image stem (3x3 conv, stride 1, no max-pool) used on CIFAR by SimCLR (App. B.9),
+      solo-learn and lightly.
+    * any timm model name (``resnet50``, ``vit_small_patch16_224``, ...), built without
+      pretrained weights and without a classifier.
+
+Grayscale input is handled by building the first layer with ``in_chans`` channels. The feature
+dimension is discovered with a dummy forward pass, never configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from sslbench.benchmark.errors import ConfigError, unknown_name
+
+_BUILDERS: dict[str, Callable[[int, int], nn.Module]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[[int, int], nn.Module]], Callable[[int, int], nn.Module]]:
+    """Registers ``builder(in_chans, image_size) -> nn.Module`` under ``name``."""
+
+    def wrap(fn: Callable[[int, int], nn.Module]) -> Callable[[int, int], nn.Module]:
+        if name in _BUILDERS:
+            raise ValueError(f"backbone '{name}' is already registered")
+        _BUILDERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    """sslbench's own backbone names (any timm model name is accepted too)."""
+    return sorted(_BUILDERS)
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+@register_backbone("small-cnn")
+def small_cnn(in_chans: int, image_size: int) -> nn.Module:
+    """The CPU-sized encoder measured in MEASURED.md (388k parameters)."""
+    chans, strides = (32, 64, 128, 256), (2, 2, 2, 1)
+    layers, c = [], in_chans
+    for c_out, s in zip(chans, strides):
+        layers.append(_conv_bn_relu(c, c_out, s))
+        c = c_out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def _small_stem_resnet(name: str) -> Callable[[int, int], nn.Module]:
+    def build(in_chans: int, image_size: int) -> nn.Module:
+        import timm
+
+        model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+        width = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+        return model
+
+    build.__doc__ = f"timm {name} with the CIFAR stem (3x3 conv, stride 1, no max-pool)."
+    return build
+
+
+for _depth in (18, 34, 50):
+    register_backbone(f"resnet{_depth}-small")(_small_stem_resnet(f"resnet{_depth}"))
+
+
+def _timm_model(name: str, in_chans: int, image_size: int) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise unknown_name("backbone", name, list_backbones(),
+                           "Any timm model name also works (`python -c \"import timm; "
+                           "print(timm.list_models())\"` lists them).")
+    kwargs = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
+    try:  # ViT-style models take the input size; CNNs reject the argument
+        return timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError:
+        return timm.create_model(name, **kwargs)
+
+
+def build_backbone(name: str, in_chans: int, image_size: int) -> tuple[nn.Module, int]:
+    """Builds a backbone and discovers its feature dimension.
+
+    Args:
+        name: an sslbench backbone name or a timm model name.
+        in_chans: input channels (1 for grayscale data).
+        image_size: input side in pixels.
+
+    Returns:
+        The module (``(B, C, H, W) -> (B, D)``) and ``D``.
+
+    Raises:
+        UnknownNameError: no such backbone.
+        ConfigError: the backbone cannot process images of this size.
+    """
+    model = _BUILDERS[name](in_chans, image_size) if name in _BUILDERS else _timm_model(
+        name, in_chans, image_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, in_chans, image_size, image_size))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"Backbone '{name}' cannot process {in_chans}x{image_size}x{image_size} images "
+            f"({str(exc).splitlines()[0][:160]}).",
+            "Pick a backbone suited to the image size (e.g. small-cnn or resnet18-small for "
+            "28-64 px) or set data.image_size.",
+        ) from None
+    model.train(was_training)
+    if out.ndim != 2:
+        raise ConfigError(f"Backbone '{name}' returns features of shape {tuple(out.shape)}, "
+                          "not (batch, dim).", "Use a backbone with global pooling.")
+    return model, int(out.shape[1])

@@ -1,0 +1,417 @@
+"""Typed run configuration: frozen dataclasses, strict overrides, a stable hash.
+
+A :class:`Config` is built from a named recipe (``benchmark/recipes.py``) plus ``key=value``
+overrides (``optim.base_lr=0.3``, ``data.batch_size=128``, ``method.temperature=0.2``). Overrides
+are strict: an unknown key or a value of the wrong type is a :class:`ConfigError` that lists the
+valid keys. Method hyperparameters live in each method's own dataclass (registered with the
+method) and are validated against it here, at the boundary.
+
+Derived values (the scaled learning rate, step counts) are computed once by
+:func:`derive` and logged with the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sslbench.benchmark.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "lars", "adamw")
+LR_SCALINGS = ("linear", "sqrt", "none")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to train on.
+
+    Attributes:
+        dataset: a registered dataset name (``sslbench datasets`` lists them).
+        data_dir: where the dataset lives (not needed for the embedded data).
+        download: allow torchvision to download the dataset (off: nothing downloads by itself).
+        batch_size: images per optimisation step (per process).
+        image_size: override the dataset's native image size (folder datasets).
+        num_workers: decode workers for folder datasets.
+    """
+
+    dataset: str = "fashion-mnist-mini"
+    data_dir: str | None = None
+    download: bool = False
+    batch_size: int = 256
+    image_size: int | None = None
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 2, "data.batch_size", self.batch_size, "an integer >= 2")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _check(self.image_size is None or self.image_size >= 8, "data.image_size", self.image_size,
+               "an integer >= 8 or None")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule.
+
+    The peak learning rate is ``base_lr x batch_size / 256`` (``lr_scaling="linear"``, Goyal et
+    al.), ``base_lr x sqrt(batch_size / 256)`` (``"sqrt"``; SimCLR's 0.075 x sqrt(B) is
+    ``base_lr=1.2``), or ``base_lr`` (``"none"``). Linear warm-up for ``warmup_epochs``, then a
+    cosine decay to ``final_lr_ratio x`` the peak.
+
+    Attributes:
+        name: ``sgd`` (with momentum), ``lars`` (SGD + LARS trust ratio) or ``adamw``.
+        base_lr: learning rate at batch size 256.
+        lr_scaling: ``linear``, ``sqrt`` or ``none``.
+        weight_decay: decoupled for AdamW, L2 for SGD/LARS; never applied to biases and norms.
+        momentum: SGD/LARS momentum (AdamW beta1).
+        warmup_epochs: linear warm-up length (fractions allowed).
+        final_lr_ratio: final learning rate as a fraction of the peak.
+        lars_eta: LARS trust coefficient.
+    """
+
+    name: str = "sgd"
+    base_lr: float = 0.05
+    lr_scaling: str = "linear"
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 0.0
+    final_lr_ratio: float = 0.0
+    lars_eta: float = 0.001
+
+    def __post_init__(self) -> None:
+        _check(self.name in OPTIMIZERS, "optim.name", self.name, f"one of {', '.join(OPTIMIZERS)}")
+        _check(self.lr_scaling in LR_SCALINGS, "optim.lr_scaling", self.lr_scaling,
+               f"one of {', '.join(LR_SCALINGS)}")
+        _check(self.base_lr > 0, "optim.base_lr", self.base_lr, "a positive number")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "a number in [0, 1)")
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs, "a number >= 0")
+        _check(0 <= self.final_lr_ratio <= 1, "optim.final_lr_ratio", self.final_lr_ratio,
+               "a number in [0, 1]")
+        _check(self.lars_eta > 0, "optim.lars_eta", self.lars_eta, "a positive number")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and where to train.
+
+    Attributes:
+        epochs: passes over the training split (0: no training, the random-init baseline).
+        seed: seeds model init, data order and augmentation (all derived from it).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        channels_last: use the channels-last memory format (``auto``: on CUDA only).
+        threads: CPU threads for torch (0: leave torch's default).
+    """
+
+    epochs: int = 100
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 0, "train.epochs", self.epochs, "an integer >= 0")
+        _check(self.seed >= 0, "train.seed", self.seed, "an integer >= 0")
+        _check(self.precision in PRECISIONS, "train.precision", self.precision,
+               f"one of {', '.join(PRECISIONS)}")
+        _check(self.channels_last in ("auto", "on", "off"), "train.channels_last",
+               self.channels_last, "one of auto, on, off")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               "train.device", self.device, "auto, cpu, cuda or cuda:N")
+        _check(self.threads >= 0, "train.threads", self.threads, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A fully resolved pretraining configuration.
+
+    Attributes:
+        method: a registered method name.
+        backbone: ``small-cnn``, ``resnet18-small``, ``resnet50-small`` or any timm model name.
+        augment: a registered augmentation recipe name.
+        recipe: the named recipe this config was built from (for the record).
+        method_args: the method's hyperparameters, validated against its config dataclass.
+        data, optim, train: see their classes.
+    """
+
+    method: str
+    backbone: str
+    augment: str
+    recipe: str = "custom"
+    method_args: Mapping[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able data (what is logged and stored in checkpoints)."""
+        out = dataclasses.asdict(self)
+        out["method_args"] = dict(self.method_args)
+        return out
+
+    def hash(self) -> str:
+        """A stable hash of everything that changes the result (not paths, workers, device)."""
+        d = self.to_dict()
+        for key in ("data_dir", "download", "num_workers"):
+            d["data"].pop(key)
+        d["train"].pop("device")
+        d["train"].pop("threads")
+        d.pop("recipe")
+        blob = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Values computed once from a config and the dataset size; logged with every run."""
+
+    lr: float
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    final_lr: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def scaled_lr(optim: OptimConfig, batch_size: int) -> float:
+    """The peak learning rate after batch-size scaling (see :class:`OptimConfig`)."""
+    if optim.lr_scaling == "linear":
+        return optim.base_lr * batch_size / 256
+    if optim.lr_scaling == "sqrt":
+        return optim.base_lr * math.sqrt(batch_size / 256)
+    return optim.base_lr
+
+
+def derive(cfg: Config, num_train: int) -> Derived:
+    """Computes the derived training quantities (learning rate, step counts).
+
+    Raises:
+        ConfigError: the batch is larger than the training split.
+    """
+    steps_per_epoch = num_train // cfg.data.batch_size
+    if steps_per_epoch == 0 and cfg.train.epochs > 0:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is larger than the training split "
+            f"({num_train} images), so an epoch has no full batch.",
+            "Lower data.batch_size.",
+        )
+    lr = scaled_lr(cfg.optim, cfg.data.batch_size)
+    return Derived(
+        lr=lr,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * cfg.train.epochs,
+        warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
+        final_lr=lr * cfg.optim.final_lr_ratio,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict overrides
+# ---------------------------------------------------------------------------------------------
+
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+_TOP_LEVEL = ("method", "backbone", "augment")
+
+
+def valid_keys(method_config: type | None = None) -> list[str]:
+    """Every key that :func:`apply_overrides` accepts."""
+    keys = list(_TOP_LEVEL)
+    for section, cls in _SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    if method_config is not None:
+        keys += [f"method.{f.name}" for f in dataclasses.fields(method_config)]
+    return keys
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Splits ``key=value``.
+
+    Raises:
+        ConfigError: there is no ``=``.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"Override '{text}' is not of the form key=value.",
+                          "Write e.g. --set optim.base_lr=0.3.")
+    return key.strip(), value.strip()
+
+
+def coerce(key: str, raw: Any, annotation: Any) -> Any:
+    """Converts a raw override value (usually a string) to the type a field declares.
+
+    Raises:
+        ConfigError: the value does not fit the type.
+    """
+    if isinstance(annotation, str):  # postponed annotations
+        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - our own annotations only
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(key, raw, arg)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"{key}: cannot parse {raw!r}.")
+    if origin is tuple:
+        items = raw if isinstance(raw, (list, tuple)) else [
+            s for s in str(raw).strip("()[] ").split(",") if s.strip()]
+        if args and args[-1] is Ellipsis:
+            return tuple(coerce(key, item, args[0]) for item in items)
+        if len(items) != len(args):
+            raise ConfigError(f"{key} takes {len(args)} comma-separated values, got {raw!r}.",
+                              f"Write e.g. {key}=" + ",".join("1" for _ in args) + ".")
+        return tuple(coerce(key, item, a) for item, a in zip(items, args))
+    if annotation is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {raw!r}.", f"Write {key}=true.")
+    if annotation in (int, float):
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key} must be a number, got {raw!r}.")
+        try:
+            value = float(raw)
+            if annotation is int:
+                if value != int(value):
+                    raise ValueError
+                return int(value)
+            return value
+        except (TypeError, ValueError):
+            kind = "an integer" if annotation is int else "a number"
+            raise ConfigError(f"{key} must be {kind}, got {raw!r}.",
+                              f"Write e.g. {key}={'8' if annotation is int else '0.1'}.") from None
+    if annotation is str:
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ConfigError(f"{key} must be a string, got {raw!r}.")
+        return str(raw)
+    if annotation is Any:
+        return raw
+    raise ConfigError(f"{key}: unsupported field type {annotation!r}.")
+
+
+def build_method_args(method_config: type, values: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """Validates method hyperparameters against the method's config dataclass.
+
+    Returns the full, resolved set (defaults filled in) as a plain dict.
+
+    Raises:
+        ConfigError: an unknown key, a wrong type, or a value the dataclass rejects.
+    """
+    fields = {f.name: f for f in dataclasses.fields(method_config)}
+    typed = {}
+    for key, raw in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"Unknown key 'method.{key}' for method '{method}'.",
+                f"Valid method keys: {', '.join('method.' + k for k in fields) or '(none)'}.",
+            )
+        typed[key] = coerce(f"method.{key}", raw, _hint(method_config, key))
+    try:
+        instance = method_config(**typed)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"Invalid method settings for '{method}': {exc}",
+                          "Fix the method.* values.") from None
+    return dataclasses.asdict(instance)
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str] | Mapping[str, Any],
+                    method_config: type | None = None) -> Config:
+    """Returns a new config with ``key=value`` overrides applied, strictly.
+
+    Args:
+        cfg: the starting config (usually a recipe).
+        overrides: ``["optim.base_lr=0.3", ...]`` or a mapping ``{"optim.base_lr": 0.3}``.
+        method_config: the method's hyperparameter dataclass (validates ``method.*`` keys).
+
+    Raises:
+        ConfigError: an unknown key, or a value of the wrong type or out of range.
+    """
+    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else [
+        parse_override(o) for o in overrides]
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    method_args = dict(cfg.method_args)
+    for key, raw in pairs:
+        head, _, rest = key.partition(".")
+        if not rest and head in _TOP_LEVEL:
+            top[head] = coerce(key, raw, str)
+        elif head in _SECTIONS and rest:
+            cls = _SECTIONS[head]
+            names = {f.name for f in dataclasses.fields(cls)}
+            if rest not in names:
+                raise _unknown_key(key, method_config)
+            sections[head][rest] = coerce(key, raw, _hint(cls, rest))
+        elif head == "method" and rest:
+            method_args[rest] = raw
+        else:
+            raise _unknown_key(key, method_config)
+    try:
+        new = dataclasses.replace(
+            cfg,
+            **top,
+            data=dataclasses.replace(cfg.data, **sections["data"]),
+            optim=dataclasses.replace(cfg.optim, **sections["optim"]),
+            train=dataclasses.replace(cfg.train, **sections["train"]),
+        )
+    except TypeError as exc:
+        raise ConfigError(f"Invalid override: {exc}.") from None
+    if "method" in top and top["method"] != cfg.method:
+        method_args = {k: v for k, v in method_args.items() if k not in cfg.method_args}
+    if method_config is not None:
+        method_args = build_method_args(method_config, method_args, new.method)
+    return dataclasses.replace(new, method_args=method_args)
+
+
+def config_from_dict(d: Mapping[str, Any]) -> Config:
+    """Rebuilds a config from :meth:`Config.to_dict` output (checkpoints, config.json).
+
+    Raises:
+        ConfigError: the mapping does not describe a config.
+    """
+    try:
+        return Config(
+            method=d["method"], backbone=d["backbone"], augment=d["augment"],
+            recipe=d.get("recipe", "custom"), method_args=dict(d.get("method_args", {})),
+            data=DataConfig(**d["data"]), optim=OptimConfig(**d["optim"]),
+            train=TrainConfig(**d["train"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"Stored config is incomplete or from another version: {exc}.",
+                          "Re-create the run from a recipe.") from None
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _unknown_key(key: str, method_config: type | None) -> ConfigError:
+    return ConfigError(f"Unknown config key '{key}'.",
+                       f"Valid keys: {', '.join(valid_keys(method_config))}.")
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: it must be {expected}.",
+                          f"Fix {key} in the recipe or the --set override.")

@@ -1,0 +1,91 @@
+"""Optimisers: SGD, LARS and AdamW over a method's parameter groups.
+
+Parameter groups come from ``Method.param_groups()``: each is a dict with ``params`` and, for
+biases and normalisation weights, ``weight_decay=0`` and ``lars_exclude=True`` (BYOL/SimCLR
+exclude them from both weight decay and LARS adaptation). The engine sets every group's ``lr``
+each step from the schedule, multiplied by the group's optional ``lr_scale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from sslbench.benchmark.config import OptimConfig
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and the layer-wise trust ratio of You et al. (2017).
+
+    For each parameter ``w`` with gradient ``g`` (weight decay folded in, ``g <- g + wd * w``),
+    the update is scaled by ``eta * ||w|| / ||g||`` when both norms are positive; groups with
+    ``lars_exclude=True`` (biases, norms) get plain SGD. This follows the BYOL / SimCLR / MoCo v3
+    implementations (trust ratio computed after weight decay, no clipping).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate (the engine overwrites it every step).
+        momentum: heavy-ball momentum.
+        weight_decay: L2 weight decay.
+        eta: trust coefficient.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9,
+                 weight_decay: float = 0.0, eta: float = 0.001) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
+                        lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: D102 - torch.optim API
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["weight_decay"] != 0:
+                    g = g.add(p, alpha=group["weight_decay"])
+                if not group["lars_exclude"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    g_norm = torch.linalg.vector_norm(g)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                        group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    g = g.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """Builds the configured optimiser.
+
+    Groups without an explicit ``weight_decay`` get ``cfg.weight_decay``; the ``lr_scale`` and
+    ``lars_exclude`` keys are kept in the group for the engine and LARS.
+    """
+    groups = [dict(g) for g in groups]
+    for g in groups:
+        g.setdefault("weight_decay", cfg.weight_decay)
+        g.setdefault("lr_scale", 1.0)
+        g.setdefault("lars_exclude", False)
+        g["lr"] = lr * g["lr_scale"]
+    if cfg.name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Sets every group's learning rate to ``lr x lr_scale``."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)

@@ -1,0 +1,11 @@
+"""Self-supervised methods: the registry, the method protocol, heads, losses, one module each.
+
+Importing this package registers every method.
+"""
+
+from sslbench.methods import byol, mocov2, simclr  # noqa: F401  (registration side effect)
+from sslbench.methods.base import Method, StepOutput, forward_views
+from sslbench.methods.registry import MethodEntry, get_method, list_methods, register_method
+
+__all__ = ["Method", "MethodEntry", "StepOutput", "forward_views", "get_method", "list_methods",
+           "register_method"]

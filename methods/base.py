@@ -1,0 +1,106 @@
+"""The method protocol: an encoder, its heads, a loss and an explicit per-step hook.
+
+Every method is an ``nn.Module`` subclass of :class:`Method` that
+
+* holds ``encoder`` (the backbone whose features the protocols evaluate) and its heads;
+* computes its loss in :meth:`Method.training_step` from a list of augmented views, without side
+  effects (no queue writes, no EMA updates in the forward pass);
+* applies its per-step state changes (EMA targets, queues) in :meth:`Method.on_step_end`,
+  which the engine calls after the optimiser step, with the global step;
+* exposes :meth:`Method.param_groups` (biases and norms excluded from weight decay and LARS).
+
+Anything a method must carry across a checkpoint (target networks, queues) is a submodule or a
+registered buffer, so ``state_dict()`` captures it and resume is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`Method.training_step` returns.
+
+    Attributes:
+        loss: the scalar to minimise.
+        logs: scalars to log (floats or 0-d tensors, detached by the engine).
+        state: tensors the per-step hook needs (e.g. keys to enqueue), never logged.
+    """
+
+    loss: torch.Tensor
+    logs: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def forward_views(module: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Runs ``module`` on each view, batching consecutive views of equal resolution together
+    (one forward per resolution, as DINO's ``MultiCropWrapper``; batch norm then sees all views of
+    a resolution at once, like SimCLR's global BN over 2N).
+
+    Shape:
+        views: tensors of shape (B, C, H_v, W_v); returns one (B, ...) output per view.
+    """
+    outputs: list[torch.Tensor] = []
+    start = 0
+    while start < len(views):
+        end = start + 1
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        out = module(torch.cat(views[start:end]))
+        outputs.extend(out.chunk(end - start))
+        start = end
+    return outputs
+
+
+class Method(nn.Module):
+    """Base of every self-supervised method.
+
+    Args:
+        encoder: backbone mapping (B, C, H, W) images to (B, feature_dim) features.
+        feature_dim: the backbone's output dimension (discovered, not configured).
+    """
+
+    #: number of augmented views the method consumes (the augmentation recipe must provide them).
+    num_views: int = 2
+
+    def __init__(self, encoder: nn.Module, feature_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.feature_dim = feature_dim
+
+    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+        """Computes the loss for one batch of views.
+
+        Shape:
+            views: ``num_views`` tensors of shape (B, C, H_v, W_v).
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def on_step_end(self, out: StepOutput, step: int, total_steps: int) -> dict[str, float]:
+        """Per-step state update after the optimiser step (EMA, queues); returns values to log.
+
+        Args:
+            out: this step's :class:`StepOutput`.
+            step: 0-based global step just completed.
+            total_steps: steps in the whole run (for schedules).
+        """
+        return {}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters, with biases and normalisation parameters in a group that gets
+        no weight decay and no LARS adaptation (SimCLR, BYOL, MoCo v3 all do this)."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        groups: list[dict[str, Any]] = [{"params": decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+        return groups

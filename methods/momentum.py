@@ -1,0 +1,59 @@
+"""Shared pieces for momentum (EMA) targets and feature queues."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module`` to serve as an EMA target / key encoder."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target <- m * target + (1 - m) * online``, for parameters only.
+
+    Buffers (BN running statistics) are left alone, as in MoCo's ``_momentum_update_key_encoder``
+    and lightly's ``update_momentum``: the target keeps statistics of its own forward passes.
+    """
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
+
+
+class FeatureQueue(nn.Module):
+    """A FIFO queue of L2-normalised features (MoCo's dictionary, NNCLR's support set).
+
+    The queue is a buffer, so it is saved with the method's ``state_dict`` and resume is exact.
+    Initialised with random unit vectors, as MoCo does.
+
+    Args:
+        size: number of entries K.
+        dim: feature dimension D.
+    """
+
+    def __init__(self, size: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("features", nn.functional.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Replaces the oldest entries with ``keys`` (wrapping around the end).
+
+        Shape:
+            keys: (B, D) with B <= K.
+        """
+        size = self.features.shape[0]
+        n = keys.shape[0]
+        if n > size:
+            keys, n = keys[-size:], size
+        idx = (self.ptr + torch.arange(n, device=keys.device)) % size
+        self.features[idx] = keys.detach().to(self.features.dtype)
+        self.ptr.copy_((self.ptr + n) % size)

@@ -1,0 +1,67 @@
+"""The method registry (timm-style): ``@register_method("byol", ...)``, ``list_methods()``,
+``get_method(name)``. Duplicate names are an error; an unknown name lists the valid ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sslbench.benchmark.errors import unknown_name
+from sslbench.methods.base import Method
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method.
+
+    Attributes:
+        name: registry name.
+        cls: the :class:`Method` subclass; built as ``cls(encoder, feature_dim, config)``.
+        config: the dataclass of the method's hyperparameters (validated at the boundary).
+        family: e.g. "contrastive", "distillation".
+        paper: short citation with a link.
+        default_recipe: the recipe ``sslbench pretrain --method NAME`` starts from.
+    """
+
+    name: str
+    cls: type[Method]
+    config: type
+    family: str
+    paper: str
+    default_recipe: str
+
+
+_METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(name: str, *, config: type, family: str, paper: str,
+                    default_recipe: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator that registers a method under ``name``.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in _METHODS:
+            raise ValueError(f"method '{name}' is already registered by {_METHODS[name].cls}")
+        _METHODS[name] = MethodEntry(name, cls, config, family, paper, default_recipe)
+        return cls
+
+    return wrap
+
+
+def list_methods() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodEntry:
+    """Looks a method up.
+
+    Raises:
+        UnknownNameError: no such method; the message lists the valid names.
+    """
+    if name not in _METHODS:
+        raise unknown_name("method", name, _METHODS, "`sslbench methods` lists them.")
+    return _METHODS[name]
