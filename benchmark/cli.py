@@ -1,0 +1,283 @@
+"""The ``sslbench`` command line.
+
+Every user error is an :class:`SSLBenchError`: printed as one paragraph (no traceback), exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sslbench.benchmark.errors import SSLBenchError
+
+EXIT_USER_ERROR = 2
+
+
+def _tracking(args: argparse.Namespace) -> object:
+    from sslbench.benchmark.engine import Tracking
+
+    return None if getattr(args, "no_mlflow", False) else Tracking(args.tracking_uri, args.experiment)
+
+
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)")
+    p.add_argument("--experiment", default="sslbench", help="MLflow experiment (default: sslbench)")
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from sslbench.benchmark.quickstart import run_quickstart
+
+    _set_threads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    run_quickstart(Path(args.out) if args.out else None, methods=methods, seed=args.seed,
+                   epochs=args.epochs, overrides=args.set, tracking=_tracking(args),
+                   progress=not args.no_progress)
+    return 0
+
+
+def _resolve_cfg(args: argparse.Namespace) -> object:
+    from sslbench.benchmark.recipes import resolve
+    from sslbench.methods import get_method
+
+    recipe = args.recipe or (get_method(args.method).default_recipe if args.method else None)
+    if recipe is None:
+        raise SSLBenchError("Neither --recipe nor --method was given.",
+                            "Pass --recipe NAME (`sslbench recipes`) or --method NAME.")
+    overrides = list(args.set)
+    for key, value in (("method", args.method), ("data.dataset", args.dataset),
+                       ("backbone", args.backbone), ("augment", args.augment),
+                       ("data.data_dir", args.data_dir), ("train.epochs", args.epochs),
+                       ("train.seed", args.seed), ("data.batch_size", args.batch_size),
+                       ("train.device", args.device)):
+        if value is not None:
+            overrides.insert(0, f"{key}={value}")
+    if args.download:
+        overrides.insert(0, "data.download=true")
+    return resolve(recipe, overrides)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from sslbench.benchmark.engine import pretrain
+    from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
+
+    _set_threads(args.threads)
+    cfg = _resolve_cfg(args)
+    out = Path(args.out) if args.out else Path("sslbench-runs") / (
+        f"{cfg.recipe}-{cfg.hash()[:8]}-s{cfg.train.seed}")
+    print(f"Pretraining {cfg.method} ({cfg.recipe}) on {cfg.data.dataset}; run folder {out}")
+    result = pretrain(cfg, out, resume=args.resume, tracking=_tracking(args),
+                      progress=not args.no_progress)
+    print(f"Checkpoint: {result.checkpoint}")
+    protocols = [p for p in args.eval.split(",") if p.strip()] if args.eval else []
+    if protocols:
+        train, test = load_eval_splits(cfg.data.dataset, data_dir=cfg.data.data_dir,
+                                       image_size=cfg.data.image_size, device=result.device)
+        results = evaluate_and_log(result.encoder, protocols=protocols, train=train, test=test,
+                                   device=result.device, parent_run_id=result.run_id,
+                                   tags=result.tags, tracking=_tracking(args),
+                                   progress=not args.no_progress)
+        for r in results:
+            print(f"  {r.spec.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.metrics.items()))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sslbench.benchmark.engine import load_encoder, resolve_device
+    from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
+
+    _set_threads(args.threads)
+    device = resolve_device(args.device)
+    encoder, meta = load_encoder(args.checkpoint, map_location=device)
+    dataset = args.dataset or meta["dataset"]
+    train, test = load_eval_splits(dataset, data_dir=args.data_dir, image_size=meta["image_size"],
+                                   device=device)
+    if train.info.channels != meta["in_chans"]:
+        raise SSLBenchError(
+            f"The encoder takes {meta['in_chans']}-channel images but '{dataset}' has "
+            f"{train.info.channels}.", "Evaluate on a dataset with the same number of channels.")
+    cfg = meta.get("config") or {}
+    tags = {"method": cfg.get("method", "unknown"), "recipe": cfg.get("recipe", "unknown"),
+            "dataset": meta["dataset"], "backbone": meta["backbone"],
+            "batch_size": str(cfg.get("data", {}).get("batch_size", "")),
+            "epochs": str(meta.get("epoch", "")), "seed": str(cfg.get("train", {}).get("seed", "")),
+            "augment": cfg.get("augment", "")}
+    from sslbench.results.tracking import provenance_tags
+
+    tags.update(provenance_tags(str(device)))
+    results = evaluate_and_log(encoder.to(device), protocols=args.protocol.split(","), train=train,
+                               test=test, device=device, parent_run_id=meta.get("mlflow_run_id"),
+                               tags=tags, tracking=_tracking(args), progress=not args.no_progress)
+    for r in results:
+        print(f"{r.spec.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.metrics.items()))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from sslbench.results.aggregate import aggregate, load_runs
+    from sslbench.results.tables import comparison_table, to_markdown, write_tables
+
+    runs = load_runs(tracking_uri=args.tracking_uri, experiment=args.experiment, kind="eval")
+    if runs.empty:
+        raise SSLBenchError(f"No finished evaluation runs in experiment '{args.experiment}'.",
+                            "Run `sslbench quickstart` or `sslbench pretrain --eval ...` first, or "
+                            "point --tracking-uri / --experiment at your store.")
+    out = Path(args.out)
+    if args.what == "table":
+        agg = aggregate(runs, metrics=(args.metric,))
+        paths = write_tables(agg, out, stem=args.stem, metric=args.metric)
+        print(to_markdown(comparison_table(agg, metric=args.metric)))
+        print(f"\nWrote {', '.join(str(p) for p in paths.values())}")
+    else:
+        from sslbench.results.plots import plot_accuracy_vs_batch_size
+
+        paths = plot_accuracy_vs_batch_size(runs, out / args.stem, protocol=args.protocol,
+                                            metric=args.metric)
+        print(f"Wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    what = args.command
+    if what == "methods":
+        from sslbench.methods import get_method, list_methods
+
+        for name in list_methods():
+            e = get_method(name)
+            print(f"{name:10s} {e.family:45s} recipe {e.default_recipe:14s} {e.paper}")
+    elif what == "recipes":
+        from sslbench.benchmark.recipes import get_recipe, list_recipes
+
+        for name in list_recipes():
+            print(f"{name:18s} {get_recipe(name).description}")
+    elif what == "datasets":
+        from sslbench.benchmark.datasets import dataset_info, list_datasets
+
+        for name in list_datasets():
+            i = dataset_info(name)
+            print(f"{name:18s} {i.channels}x{i.image_size}x{i.image_size}, {i.num_classes or '?'} "
+                  f"classes. {i.source}")
+    elif what == "protocols":
+        from sslbench.protocols.spec import get_protocol, list_protocols
+
+        for name in list_protocols():
+            print(f"{name:18s} {json.dumps(get_protocol(name).to_dict(), sort_keys=True)}")
+    elif what == "augmentations":
+        from sslbench.benchmark.augment import get_augment_recipe, list_augment_recipes
+
+        for name in list_augment_recipes():
+            r = get_augment_recipe(name)
+            print(f"{name:18s} {len(r.views)} views. {r.source}")
+    elif what == "backbones":
+        from sslbench.benchmark.backbones import list_backbones
+
+        print("\n".join(list_backbones()) + "\n(and any timm model name)")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = _resolve_cfg(args)
+    print(json.dumps({**cfg.to_dict(), "config_hash": cfg.hash()}, indent=2, sort_keys=True))
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="named recipe (`sslbench recipes`)")
+    p.add_argument("--method", help="method; without --recipe, its default recipe")
+    p.add_argument("--dataset", help="dataset name (`sslbench datasets`)")
+    p.add_argument("--backbone", help="backbone: small-cnn, resnet18-small, ... or any timm model")
+    p.add_argument("--augment", help="augmentation recipe (`sslbench augmentations`)")
+    p.add_argument("--data-dir", help="where the dataset lives")
+    p.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set optim.base_lr=0.3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslbench", description=__doc__.splitlines()[0] if __doc__ else "")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="pretrain SimCLR, MoCo v2, BYOL on the embedded data, "
+                                          "evaluate, log, compare")
+    p.add_argument("--out", help="output folder (default sslbench-output/quickstart-<time>)")
+    p.add_argument("--methods", default="simclr,mocov2,byol")
+    p.add_argument("--epochs", type=int, help="override the recipes' epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-mlflow", action="store_true", help=argparse.SUPPRESS)
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_quickstart)
+
+    p = sub.add_parser("pretrain", help="pretrain one method (optionally evaluate it)")
+    _add_run_options(p)
+    p.add_argument("--out", help="run folder (default sslbench-runs/<recipe>-<hash>-s<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--eval", default="", help="protocols to run afterwards, comma-separated "
+                                              "(e.g. knn-k200-t0.1,knn-k20-t0.07,linear)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint under protocols")
+    p.add_argument("checkpoint")
+    p.add_argument("--protocol", default="knn-k200-t0.1,knn-k20-t0.07,linear")
+    p.add_argument("--dataset", help="evaluation dataset (default: the pretraining one)")
+    p.add_argument("--data-dir")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("results", help="aggregate MLflow runs into tables and plots")
+    p.add_argument("what", choices=("table", "plot"))
+    p.add_argument("--out", default="sslbench-output")
+    p.add_argument("--stem", default="results")
+    p.add_argument("--metric", default="top1")
+    p.add_argument("--protocol", help="plot: one protocol only")
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_results)
+
+    p = sub.add_parser("config", help="print the resolved config of a recipe + overrides")
+    _add_run_options(p)
+    p.set_defaults(fn=cmd_config)
+
+    for name in ("methods", "recipes", "datasets", "protocols", "augmentations", "backbones"):
+        sub.add_parser(name, help=f"list {name}").set_defaults(fn=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sslbench`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except SSLBenchError as exc:
+        print(f"sslbench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("sslbench: interrupted; finished epochs are checkpointed (resume with --resume).",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

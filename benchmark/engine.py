@@ -1,0 +1,340 @@
+"""The one training loop every method runs under.
+
+Read top to bottom: schedules -> augmentation -> forward under autocast -> finite-loss check ->
+backward -> step -> ``on_step_end``; an atomic checkpoint after every epoch, then the epoch's
+metrics to MLflow. All randomness after model initialisation is drawn from generators seeded
+by ``(seed, epoch)``, so a run resumed from an epoch checkpoint continues exactly as an
+uninterrupted one would (bit-identical weights on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
+from sslbench.benchmark.backbones import build_backbone
+from sslbench.benchmark.checkpoint import load_checkpoint, save_checkpoint
+from sslbench.benchmark.config import Config, Derived, derive
+from sslbench.benchmark.datasets import ArrayDataset, load_dataset
+from sslbench.benchmark.errors import CheckpointError, ConfigError, NonFiniteLossError, SSLBenchError
+from sslbench.benchmark.optim import build_optimizer, set_lr
+from sslbench.benchmark.schedules import warmup_cosine
+from sslbench.methods import Method, get_method
+
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where runs are logged (``uri=None``: ``MLFLOW_TRACKING_URI`` or ./mlruns.db)."""
+
+    uri: str | None = None
+    experiment: str = "sslbench"
+
+
+@dataclass
+class PretrainResult:
+    """What a pretraining run leaves behind.
+
+    Attributes:
+        run_dir: the run's folder (checkpoint, config.json).
+        checkpoint: path of the final checkpoint.
+        encoder: the trained backbone (on ``device``, eval mode).
+        config: the resolved config.
+        derived: the derived values (learning rate, steps).
+        run_id: the MLflow run id (None when tracking is off).
+        metrics: final metrics (loss, wall time, images/s).
+        device: where it trained.
+        tags: the identity tags, copied onto evaluation runs.
+    """
+
+    run_dir: Path
+    checkpoint: Path
+    encoder: nn.Module
+    config: Config
+    derived: Derived
+    run_id: str | None
+    metrics: dict[str, float]
+    device: torch.device
+    tags: dict[str, str]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU.
+
+    Raises:
+        ConfigError: CUDA was asked for and is not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but no CUDA device is available.",
+                          "Use train.device=cpu (or auto).")
+    return torch.device(name)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, random stream)."""
+    return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
+def build_method(cfg: Config, in_chans: int, image_size: int) -> Method:
+    """Seeds the global RNG with ``train.seed`` and builds backbone + method (deterministic init)."""
+    torch.manual_seed(cfg.train.seed)
+    entry = get_method(cfg.method)
+    backbone, dim = build_backbone(cfg.backbone, in_chans, image_size)
+    return entry.cls(backbone, dim, entry.config(**cfg.method_args))
+
+
+def identity_tags(cfg: Config, device: torch.device) -> dict[str, str]:
+    """The tags that identify a pretraining (copied onto its evaluation runs)."""
+    from sslbench.results.tracking import provenance_tags
+
+    return {
+        "kind": "pretrain", "method": cfg.method, "recipe": cfg.recipe, "augment": cfg.augment,
+        "dataset": cfg.data.dataset, "backbone": cfg.backbone,
+        "batch_size": str(cfg.data.batch_size), "epochs": str(cfg.train.epochs),
+        "seed": str(cfg.train.seed), "config_hash": cfg.hash(),
+        **provenance_tags(str(device)),
+    }
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _channels_last(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
+
+
+def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Iterator[Any]:
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled,
+                     dynamic_ncols=True))
+
+
+def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
+             tracking: Tracking | None = Tracking(), progress: bool = True,
+             stop_after_epochs: int | None = None) -> PretrainResult:
+    """Pretrains ``cfg.method`` and returns its encoder.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: the run's folder; ``checkpoints/last.pt`` is written there every epoch.
+        resume: continue from ``run_dir``'s checkpoint (a finished run returns at once).
+        tracking: where to log (None: no MLflow).
+        progress: show tqdm bars.
+        stop_after_epochs: stop after this many completed epochs, as a preempted job would
+            (the checkpoint lets ``resume=True`` finish the run).
+
+    Raises:
+        SSLBenchError: bad config, missing data, a checkpoint that is corrupt or from another
+            config, an existing run without ``resume``, a non-finite loss.
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
+    if ckpt_path.exists() and not resume:
+        raise SSLBenchError(
+            f"Run folder '{run_dir}' already holds a run (checkpoint {ckpt_path}).",
+            "Pass --resume to continue (or reuse) it, or choose another --out folder; sslbench "
+            "never overwrites finished results.",
+        )
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    train = load_dataset(cfg.data.dataset, "train", data_dir=cfg.data.data_dir,
+                         download=cfg.data.download, image_size=cfg.data.image_size,
+                         num_workers=cfg.data.num_workers)
+    if isinstance(train, ArrayDataset):
+        train = train.to(device)  # in-memory data moves to the device once
+    info = train.info
+    image_size = cfg.data.image_size or info.image_size
+    method = build_method(cfg, info.channels, image_size).to(device)
+    channels_last = _channels_last(cfg, device)
+    if channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    aug_recipe = get_augment_recipe(cfg.augment)
+    if len(aug_recipe.views) < method.num_views:
+        raise ConfigError(
+            f"Augmentation '{cfg.augment}' makes {len(aug_recipe.views)} view(s) but "
+            f"'{cfg.method}' needs {method.num_views}.", "Pick a recipe with enough views.")
+    augment = BatchAugment(aug_recipe, info.mean, info.std, image_size)
+    derived = derive(cfg, len(train))
+    optimizer = build_optimizer(method.param_groups(), cfg.optim, derived.lr)
+
+    start_epoch, step, run_id, history, elapsed = 0, 0, None, [], 0.0
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        _check_resumable(state, cfg, ckpt_path)
+        try:
+            method.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"Checkpoint '{ckpt_path}' does not fit the model built from its config "
+                f"({str(exc).splitlines()[0][:160]}).", "Start a fresh run in another folder.",
+            ) from None
+        start_epoch, step, run_id = state["epoch"], state["global_step"], state.get("mlflow_run_id")
+        history, elapsed = list(state.get("history", [])), float(state.get("wall_time_s", 0.0))
+        if state.get("finished"):  # nothing left to do: never re-train or re-log a finished run
+            method.encoder.eval()
+            return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id,
+                                  _final_metrics(history, elapsed), device, identity_tags(cfg, device))
+
+    tags = identity_tags(cfg, device)
+    run_ctx = _tracked_run(tracking, cfg, tags, run_id)
+    wall0 = time.perf_counter()
+    with run_ctx as run:
+        run_id = run.run_id if run is not None else None
+        if run is not None and start_epoch == 0:
+            run.log_params({**cfg.to_dict(), "derived": derived.to_dict()})
+            run.log_dict(cfg.to_dict(), "config.json")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(_json(cfg.to_dict()))
+
+        last = stop_after_epochs if stop_after_epochs is not None else cfg.train.epochs
+        for epoch in range(start_epoch, min(last, cfg.train.epochs)):
+            shuffle_gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch, 0))
+            aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(cfg.train.seed, epoch, 1))
+            method.train()
+            t0, loss_sum, hook_logs = time.perf_counter(), 0.0, {}
+            batches = train.batches(cfg.data.batch_size, shuffle=True, generator=shuffle_gen,
+                                    drop_last=True)
+            desc = f"{cfg.method} epoch {epoch + 1}/{cfg.train.epochs}"
+            for batch in _progress(batches, derived.steps_per_epoch, desc, progress):
+                lr = warmup_cosine(step, derived.total_steps, derived.warmup_steps, derived.lr,
+                                   derived.final_lr)
+                set_lr(optimizer, lr)
+                views = augment(batch.images.to(device, non_blocking=True), aug_gen)
+                if channels_last:
+                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                with _autocast(device, cfg.train.precision):
+                    out = method.training_step(views)
+                loss = out.loss.float().item()
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"The training loss of '{cfg.method}' became {loss} at step {step} "
+                        f"(epoch {epoch + 1}, lr {lr:.3g}).",
+                        f"The last good checkpoint is kept in {run_dir / 'checkpoints'}. Lower "
+                        "optim.base_lr or use optim.warmup_epochs, then start again (or resume).",
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                hook_logs = method.on_step_end(out, step, derived.total_steps)
+                loss_sum += loss
+                step += 1
+            seconds = time.perf_counter() - t0
+            metrics = {
+                "train/loss": loss_sum / max(1, derived.steps_per_epoch),
+                "train/lr": lr if derived.steps_per_epoch else 0.0,
+                "train/images_per_s": derived.steps_per_epoch * cfg.data.batch_size / seconds,
+                "train/epoch_time_s": seconds,
+                **{f"train/{k}": float(v) for k, v in hook_logs.items()},
+            }
+            history.append({"epoch": epoch + 1, **metrics})
+            save_checkpoint(ckpt_path, _state(cfg, method, optimizer, epoch + 1, step, run_id, history,
+                                              info, image_size, elapsed + time.perf_counter() - wall0))
+            if run is not None:  # after the checkpoint: a logged epoch is always a saved epoch
+                run.log_metrics(metrics, step=epoch + 1)
+
+        done = min(last, cfg.train.epochs) >= cfg.train.epochs
+        if not ckpt_path.exists():  # epochs == 0: the random-init encoder, saved for the record
+            save_checkpoint(ckpt_path, _state(cfg, method, optimizer, 0, 0, run_id, history, info,
+                                              image_size, 0.0))
+        final = _final_metrics(history, elapsed + time.perf_counter() - wall0)
+        if run is not None and done:
+            run.log_metrics(final)
+    method.encoder.eval()
+    return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id, final, device, tags)
+
+
+def _tracked_run(tracking: Tracking | None, cfg: Config, tags: dict[str, str],
+                 run_id: str | None) -> contextlib.AbstractContextManager[Any]:
+    if tracking is None:
+        return contextlib.nullcontext()
+    from sslbench.results.tracking import TrackedRun
+
+    name = f"pretrain/{cfg.method}/{cfg.data.dataset}/b{cfg.data.batch_size}/s{cfg.train.seed}"
+    return TrackedRun(run_name=name, tags=tags, experiment=tracking.experiment,
+                      tracking_uri=tracking.uri, run_id=run_id)
+
+
+def _final_metrics(history: list[dict[str, float]], wall: float) -> dict[str, float]:
+    if not history:
+        return {"final/wall_time_s": wall}
+    return {
+        "final/train_loss": history[-1]["train/loss"],
+        "final/wall_time_s": wall,
+        "final/images_per_s": sum(h["train/images_per_s"] for h in history) / len(history),
+    }
+
+
+def _state(cfg: Config, method: Method, optimizer: torch.optim.Optimizer, epoch: int, step: int,
+           run_id: str | None, history: list[dict[str, float]], info: Any,
+           image_size: int, wall_time_s: float) -> dict[str, Any]:
+    return {
+        "config": cfg.to_dict(), "config_hash": cfg.hash(), "epoch": epoch, "global_step": step,
+        "finished": epoch >= cfg.train.epochs, "model": method.state_dict(),
+        "optimizer": optimizer.state_dict(), "mlflow_run_id": run_id, "history": history,
+        "wall_time_s": wall_time_s,
+        "encoder": {"backbone": cfg.backbone, "in_chans": info.channels, "image_size": image_size,
+                    "dataset": info.name, "mean": list(info.mean), "std": list(info.std),
+                    "feature_dim": method.feature_dim},
+    }
+
+
+def _check_resumable(state: dict[str, Any], cfg: Config, path: Path) -> None:
+    if state.get("config_hash") != cfg.hash():
+        raise CheckpointError(
+            f"Checkpoint '{path}' was written by a different configuration (hash "
+            f"{state.get('config_hash')} vs {cfg.hash()} now).",
+            "Resume with the same recipe and overrides, or start the new config in another "
+            "--out folder.",
+        )
+
+
+def _json(d: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(d, indent=2, sort_keys=True, default=str)
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuilds the backbone of an sslbench checkpoint, for evaluation.
+
+    Returns:
+        The encoder (eval mode) and the checkpoint's ``encoder`` metadata plus ``config``.
+
+    Raises:
+        CheckpointError: unreadable, or its weights do not fit its declared backbone.
+    """
+    state = load_checkpoint(path, map_location=map_location)
+    meta = state.get("encoder")
+    if not isinstance(meta, dict) or "model" not in state:
+        raise CheckpointError(f"'{path}' holds no encoder.", "Pass a checkpoint from `sslbench pretrain`.")
+    encoder, _ = build_backbone(meta["backbone"], meta["in_chans"], meta["image_size"])
+    weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    try:
+        encoder.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"The encoder weights in '{path}' do not fit backbone '{meta['backbone']}' "
+            f"({str(exc).splitlines()[0][:160]}).", "The checkpoint is corrupt or was edited.",
+        ) from None
+    return encoder.eval(), {**meta, "config": state.get("config", {}), "epoch": state.get("epoch"),
+                            "mlflow_run_id": state.get("mlflow_run_id")}
