@@ -1,0 +1,1063 @@
+"""Datasets: a registry of named image datasets, held in memory or decoded from folders.
+
+Every dataset yields :class:`Batch` es of uint8 images ``(B, C, H, W)`` with int64 labels and the
+images' positions in the split; augmentation and normalisation happen later, batched, on the
+training device. Small datasets (Fashion-MNIST, CIFAR, STL-10) are held as one uint8 tensor
+(:class:`ArrayDataset`) that moves to the GPU once; ImageFolder-style data (ImageNet, Imagenette)
+is decoded per image in DataLoader workers (:class:`FolderDataset`).
+
+Nothing downloads unless ``download=True`` (``--download``). A missing or unreadable dataset
+raises one :class:`~sslbench.benchmark.errors.DatasetError` naming every place looked in and how
+to get the data.
+
+The embedded ``fashion-mnist-mini`` (12,000 Fashion-MNIST images, built by
+``python -m sslbench.benchmark.make_embedded_data``) ships with the package and needs nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.resources
+import json
+import math
+import os
+import pickle
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from sslbench.benchmark.errors import ConfigError, DatasetError, unknown_name
+
+#: Where Debian's ``dataset-fashion-mnist`` package installs the original gzipped idx files.
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: The embedded subset, next to this module (shipped as package data).
+EMBEDDED_NPZ = Path(__file__).resolve().parent / "data" / "fashion_mnist_mini.npz"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Image file extensions a folder dataset reads (torchvision's ``IMG_EXTENSIONS``).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+# ----------------------------------------------------------------------------------------------
+# Descriptions and batches
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is, known without loading it.
+
+    Attributes:
+        name: the registry name.
+        image_size: side of the square images the pipeline works on.
+        channels: 1 (grey) or 3 (RGB).
+        num_classes: number of classes; 0 means "discovered at load time" (imagefolder).
+        mean: per-channel mean on the [0, 1] scale (of the training split).
+        std: per-channel standard deviation on the [0, 1] scale (over all pixels, not the mean
+            of per-image standard deviations).
+        in_memory: True when a split is held as one uint8 tensor (:class:`ArrayDataset`).
+        source: one line saying where the data comes from and how to get it.
+    """
+
+    name: str
+    image_size: int
+    channels: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_memory: bool
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.image_size < 1 or self.num_classes < 0:
+            raise ValueError(f"bad image_size {self.image_size} or num_classes {self.num_classes}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean and std need {self.channels} values, got {self.mean}, {self.std}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+
+class Batch(NamedTuple):
+    """One batch of a split.
+
+    Attributes:
+        images: uint8 images, on the dataset's device.
+        labels: int64 class indices (-1 for unlabelled images, e.g. STL-10 "unlabeled").
+        indices: int64 positions of the images in the split (instance-discrimination methods
+            keep a per-image memory indexed by them).
+
+    Shape:
+        images: (B, C, H, W); labels: (B,); indices: (B,).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+def _check_batch_args(batch_size: int, generator: torch.Generator | None) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(
+            f"the shuffling generator must live on the CPU, got one on {generator.device}; the "
+            "permutation is drawn on the CPU and moved to the data's device"
+        )
+
+
+def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def _epoch_order(n: int, shuffle: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """The order in which one epoch visits a split: ``randperm`` on the CPU, or ``arange``."""
+    if shuffle:
+        return torch.randperm(n, generator=generator)
+    return torch.arange(n)
+
+
+# ----------------------------------------------------------------------------------------------
+# In-memory splits
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """A split held in memory as one uint8 tensor (moved to the GPU once with :meth:`to`).
+
+    Attributes:
+        images: uint8 images.
+        labels: int64 class indices (-1 for unlabelled images).
+        info: the dataset's description.
+        split: the split's name ("train", "test", ...).
+
+    Shape:
+        images: (N, C, H, W); labels: (N,).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    info: DatasetInfo
+    split: str
+
+    def __post_init__(self) -> None:
+        img, lab = self.images, self.labels
+        if img.dtype != torch.uint8 or img.dim() != 4 or img.shape[1] != self.info.channels:
+            raise ValueError(
+                f"images must be uint8 (N, {self.info.channels}, H, W), got {img.dtype} "
+                f"{tuple(img.shape)}"
+            )
+        if lab.dtype != torch.int64 or lab.shape != (img.shape[0],):
+            raise ValueError(f"labels must be int64 ({img.shape[0]},), got {lab.dtype} {tuple(lab.shape)}")
+        if img.device != lab.device:
+            raise ValueError(f"images on {img.device} but labels on {lab.device}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        _, c, h, w = self.images.shape
+        return (
+            f"ArrayDataset('{self.info.name}', split='{self.split}', {len(self)} images "
+            f"{c}x{h}x{w}, device={self.device})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the images and labels live."""
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> ArrayDataset:
+        """Returns the split with images and labels on ``device`` (one copy, done once)."""
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
+
+    def subset(self, indices: torch.Tensor) -> ArrayDataset:
+        """Returns the images at ``indices`` as a new split (positions are renumbered from 0).
+
+        Args:
+            indices: int64 positions in this split, on any device.
+
+        Shape:
+            indices: (M,).
+        """
+        if indices.dtype != torch.int64 or indices.dim() != 1:
+            raise ValueError(
+                f"indices must be a 1-D int64 tensor, got {indices.dtype} {tuple(indices.shape)}"
+            )
+        idx = indices.to(self.device)
+        return replace(self, images=self.images[idx], labels=self.labels[idx])
+
+    def num_batches(self, batch_size: int, drop_last: bool) -> int:
+        """How many batches :meth:`batches` yields per epoch."""
+        return _num_batches(len(self), batch_size, drop_last)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[Batch]:
+        """Yields one epoch of batches by indexing the in-memory tensors (no per-image loop).
+
+        Args:
+            batch_size: images per batch.
+            shuffle: visit the images in the order ``torch.randperm(N, generator=generator)``
+                (drawn on the CPU, then moved to the data's device); otherwise in order.
+            generator: a CPU generator; the same generator state gives the same order.
+            drop_last: leave out the final batch when it is smaller than ``batch_size``.
+        """
+        _check_batch_args(batch_size, generator)
+        order = _epoch_order(len(self), shuffle, generator).to(self.device)
+        return self._iterate(order, batch_size, drop_last)
+
+    def _iterate(self, order: torch.Tensor, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+        stop = self.num_batches(batch_size, drop_last) * batch_size
+        for start in range(0, min(stop, len(order)), batch_size):
+            idx = order[start : start + batch_size]
+            yield Batch(self.images[idx], self.labels[idx], idx)
+
+
+# ----------------------------------------------------------------------------------------------
+# Folder splits (decoded per image)
+
+
+def decode_image(path: str, image_size: int) -> torch.Tensor:
+    """Reads an image file as RGB, resizes its shorter side and centre-crops it to a square.
+
+    Args:
+        path: an image file PIL can read.
+        image_size: side of the square output.
+
+    Returns:
+        uint8 RGB image.
+
+    Shape:
+        returns (3, image_size, image_size).
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        # JPEG: let libjpeg decode at the smallest power-of-two scale still >= image_size on
+        # both sides (much faster for full-size ImageNet photos; the result is then resized).
+        im.draft("RGB", (image_size, image_size))
+        rgb = im.convert("RGB")
+    w, h = rgb.size
+    scale = image_size / min(w, h)
+    new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+    rgb = rgb.resize((new_w, new_h), Image.Resampling.BICUBIC)  # PIL antialiases when shrinking
+    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+    rgb = rgb.crop((left, top, left + image_size, top + image_size))
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+_Item = tuple[torch.Tensor, int, int]  # (image, label, index)
+
+
+class _DecodedImages(Dataset[_Item]):
+    """Map-style dataset for the DataLoader workers; a file that cannot be decoded gives label
+    -1 (and a black image) so that the main process can raise a clean error naming it."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], image_size: int) -> None:
+        self.samples = samples
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> _Item:
+        path, label = self.samples[index]
+        try:
+            return decode_image(path, self.image_size), label, index
+        except (OSError, ValueError, SyntaxError):  # PIL raises all three for bad files
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), -1, index
+
+
+class _OrderSampler(Sampler[int]):
+    """Yields the current epoch's order; set before each epoch so one DataLoader (and its
+    persistent workers) serves every epoch. Sampling runs in the main process."""
+
+    def __init__(self, n: int) -> None:
+        self.order: list[int] = list(range(n))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class FolderDataset:
+    """An ImageFolder-style split (``root/<class>/<image>``) decoded per image in workers.
+
+    Each image is resized (shorter side) and centre-cropped to ``info.image_size`` and returned
+    as uint8, so the same batched augmentation consumes it as in-memory data. Batches come back
+    on the CPU (pinned when CUDA is available). One DataLoader per (batch_size, drop_last) is
+    kept with persistent workers; do not iterate two epochs of the same dataset at once.
+
+    Args:
+        samples: (file path, class index) of every image, in a fixed order.
+        classes: class folder names; class index i is ``classes[i]``.
+        info: the dataset's description (``image_size`` is the output size).
+        split: the split's name.
+        num_workers: decoding processes (0 decodes in the main process).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        classes: Sequence[str],
+        info: DatasetInfo,
+        split: str,
+        num_workers: int = 2,
+    ) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.samples = list(samples)
+        self.classes = tuple(classes)
+        self.info = info
+        self.split = split
+        self.num_workers = num_workers
+        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+        self._loaders: dict[tuple[int, bool], tuple[DataLoader[_Item], _OrderSampler]] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return (
+            f"FolderDataset('{self.info.name}', split='{self.split}', {len(self)} images, "
+            f"{len(self.classes)} classes, {self.info.image_size}px)"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        """Batches are produced on the CPU."""
+        return torch.device("cpu")
+
+    def num_batches(self, batch_size: int, drop_last: bool) -> int:
+        """How many batches :meth:`batches` yields per epoch."""
+        return _num_batches(len(self), batch_size, drop_last)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[Batch]:
+        """Yields one epoch of decoded batches; same arguments as :meth:`ArrayDataset.batches`."""
+        _check_batch_args(batch_size, generator)
+        loader, sampler = self._loader(batch_size, drop_last)
+        sampler.order = _epoch_order(len(self), shuffle, generator).tolist()
+        return self._iterate(loader)
+
+    def _loader(self, batch_size: int, drop_last: bool) -> tuple[DataLoader[_Item], _OrderSampler]:
+        key = (batch_size, drop_last)
+        if key not in self._loaders:
+            sampler = _OrderSampler(len(self))
+            loader = DataLoader(
+                _DecodedImages(self.samples, self.info.image_size),
+                batch_size=batch_size,
+                sampler=sampler,
+                drop_last=drop_last,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                pin_memory=torch.cuda.is_available(),
+            )
+            self._loaders[key] = (loader, sampler)
+        return self._loaders[key]
+
+    def _iterate(self, loader: DataLoader[_Item]) -> Iterator[Batch]:
+        for images, labels, indices in loader:
+            bad = (labels < 0).nonzero()
+            if len(bad):
+                self._raise_unreadable(int(indices[bad[0, 0]]))
+            yield Batch(images, labels, indices)
+
+    def _raise_unreadable(self, index: int) -> None:
+        path = self.samples[index][0]
+        try:  # decode again here, for the reason
+            decode_image(path, self.info.image_size)
+            reason = "it failed to decode in a worker"
+        except (OSError, ValueError, SyntaxError) as exc:
+            reason = str(exc) or type(exc).__name__
+        raise DatasetError(
+            f"Cannot read image file '{path}' of dataset '{self.info.name}' ({reason}).",
+            "Replace or delete the file (it is corrupt, truncated or not an image).",
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry
+
+
+class DatasetLoader(Protocol):
+    """A registered loader: returns one split (already checked to be valid)."""
+
+    def __call__(
+        self,
+        split: str,
+        *,
+        data_dir: Path | None,
+        download: bool,
+        image_size: int | None,
+        num_workers: int,
+    ) -> ArrayDataset | FolderDataset: ...
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: DatasetInfo
+    splits: tuple[str, ...]
+    loader: DatasetLoader
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_dataset(
+    name: str, *, info: DatasetInfo, splits: tuple[str, ...]
+) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Registers a loader function under ``name`` (a decorator).
+
+    Args:
+        name: the registry name; must not be registered yet.
+        info: the dataset's description (``info.name`` must equal ``name``).
+        splits: the valid split names.
+    """
+    if info.name != name:
+        raise ValueError(f"info.name '{info.name}' differs from the registered name '{name}'")
+
+    def decorate(loader: DatasetLoader) -> DatasetLoader:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset '{name}' is already registered")
+        _REGISTRY[name] = _Entry(info, tuple(splits), loader)
+        return loader
+
+    return decorate
+
+
+def list_datasets() -> list[str]:
+    """The registered dataset names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise unknown_name("dataset", name, _REGISTRY, "`sslbench datasets` lists them.")
+    return _REGISTRY[name]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The description of a registered dataset (without loading it)."""
+    return _entry(name).info
+
+
+def dataset_splits(name: str) -> tuple[str, ...]:
+    """The valid split names of a registered dataset."""
+    return _entry(name).splits
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    num_workers: int = 2,
+) -> ArrayDataset | FolderDataset:
+    """Loads one split of a registered dataset (on the CPU).
+
+    Args:
+        name: a registered name (:func:`list_datasets`).
+        split: one of the dataset's splits ("train", "test", ...).
+        data_dir: where the data lives (not needed for ``fashion-mnist-mini``); torchvision
+            datasets default to ``$XDG_CACHE_HOME/sslbench/datasets`` (``~/.cache/...``).
+        download: let torchvision fetch a missing dataset (needs internet); never implied.
+        image_size: output side for folder datasets (default 224). In-memory datasets keep
+            their native size and ignore it (the batched augmentation resizes).
+        num_workers: decoding processes for folder datasets.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered.
+        DatasetError: a bad split, or the data is missing or unreadable.
+    """
+    entry = _entry(name)
+    if split not in entry.splits:
+        raise DatasetError(
+            f"Dataset '{name}' has no split '{split}'.",
+            f"Valid splits: {', '.join(entry.splits)}.",
+        )
+    if image_size is not None and image_size < 1:
+        raise ConfigError(f"image_size must be a positive integer, got {image_size}.", "Pass e.g. 224.")
+    if num_workers < 0:
+        raise ConfigError(
+            f"num_workers must be >= 0, got {num_workers}.", "Pass 0 to decode in the main process."
+        )
+    root = Path(data_dir).expanduser() if data_dir is not None else None
+    return entry.loader(
+        split, data_dir=root, download=download, image_size=image_size, num_workers=num_workers
+    )
+
+
+def default_data_dir() -> Path:
+    """Where torchvision datasets live when no ``data_dir`` is given."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "sslbench" / "datasets"
+
+
+def _array_dataset(images: np.ndarray, labels: np.ndarray, info: DatasetInfo, split: str) -> ArrayDataset:
+    """Wraps uint8 (N, C, H, W) images and integer labels, copied into fresh, writable tensors."""
+    img = torch.from_numpy(np.array(images, dtype=np.uint8, order="C", copy=True))
+    lab = torch.from_numpy(np.array(labels, dtype=np.int64, copy=True))
+    return ArrayDataset(img, lab, info, split)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fashion-MNIST (idx files) and the embedded subset
+
+_FMNIST_PREFIX = {"train": "train", "test": "t10k"}
+_IDX_IMAGES, _IDX_LABELS = 0x00000803, 0x00000801
+
+
+def fashion_mnist_dirs(extra: Sequence[Path]) -> list[Path]:
+    """Folders searched for the Fashion-MNIST idx files, in order.
+
+    For each folder in ``extra``: the folder itself, its ``FashionMNIST/raw`` (torchvision's
+    layout) and ``fashion-mnist``; then :data:`DEBIAN_FASHION_MNIST_DIR`.
+    """
+    dirs: list[Path] = []
+    for d in extra:
+        dirs += [d, d / "FashionMNIST" / "raw", d / "fashion-mnist"]
+    dirs.append(DEBIAN_FASHION_MNIST_DIR)
+    return [d.resolve() for d in dirs]
+
+
+def locate_fashion_mnist(split: str, dirs: Sequence[Path]) -> tuple[Path, Path] | None:
+    """The (images, labels) idx files of ``split`` in the first folder that has both.
+
+    Accepts gzipped (``*.gz``, Debian and upstream) and plain (torchvision) files.
+    """
+    prefix = _FMNIST_PREFIX[split]
+    for d in dirs:
+        for ext in (".gz", ""):
+            images = d / f"{prefix}-images-idx3-ubyte{ext}"
+            labels = d / f"{prefix}-labels-idx1-ubyte{ext}"
+            if images.is_file() and labels.is_file():
+                return images, labels
+    return None
+
+
+def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
+    """Reads an idx file (big-endian header: magic, then one uint32 per dimension)."""
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(
+            f"Cannot read '{path}' ({exc}).",
+            "The file is corrupt or truncated: fetch it again (e.g. `apt-get install --reinstall "
+            "dataset-fashion-mnist`, or delete it and add --download).",
+        ) from None
+    header = 4 * (1 + dims)
+    shape = tuple(int(v) for v in np.frombuffer(raw[4:header], dtype=">u4")) if len(raw) >= header else ()
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic or len(raw) != header + math.prod(shape):
+        raise DatasetError(
+            f"'{path}' is not a valid idx file (wrong magic number or size).",
+            "Replace it with the original Fashion-MNIST file.",
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_fashion_mnist_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Reads one split from its idx files.
+
+    Returns:
+        uint8 images and uint8 labels (0..9).
+
+    Shape:
+        images: (N, 28, 28); labels: (N,).
+    """
+    images = _read_idx(images_path, _IDX_IMAGES, 3)
+    labels = _read_idx(labels_path, _IDX_LABELS, 1)
+    if images.shape[1:] != (28, 28) or len(images) != len(labels) or labels.max(initial=0) > 9:
+        raise DatasetError(
+            f"'{images_path}' and '{labels_path}' do not hold one Fashion-MNIST split "
+            f"(images {images.shape}, {len(labels)} labels).",
+            "Replace them with the original Fashion-MNIST files.",
+        )
+    return images, labels
+
+
+_FMNIST_SOURCE = (
+    "Fashion-MNIST (Zalando, MIT): apt-get install dataset-fashion-mnist, --data-dir DIR with the "
+    "idx files, or --download"
+)
+
+
+@register_dataset(
+    "fashion-mnist",
+    info=DatasetInfo(
+        name="fashion-mnist",
+        image_size=28,
+        channels=1,
+        num_classes=10,
+        mean=(0.2860,),  # computed over all 60,000 training images
+        std=(0.3530,),
+        in_memory=True,
+        source=_FMNIST_SOURCE,
+    ),
+    splits=("train", "test"),
+)
+def _load_fashion_mnist(split: str, *, data_dir: Path | None, download: bool,
+                        image_size: int | None, num_workers: int) -> ArrayDataset:
+    root = data_dir if data_dir is not None else default_data_dir()
+    dirs = fashion_mnist_dirs([root])
+    found = locate_fashion_mnist(split, dirs)
+    if found is None and download:
+        import torchvision
+
+        _torchvision_download("fashion-mnist", root,
+                              lambda: torchvision.datasets.FashionMNIST(str(root), train=True, download=True))
+        found = locate_fashion_mnist(split, dirs)
+    if found is None:
+        prefix = _FMNIST_PREFIX[split]
+        raise DatasetError(
+            f"Dataset 'fashion-mnist' (split '{split}') not found: no {prefix}-images-idx3-ubyte[.gz] "
+            f"with {prefix}-labels-idx1-ubyte[.gz] in any of: {', '.join(map(str, dirs))}.",
+            "Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), pass "
+            "--data-dir DIR containing the four Fashion-MNIST idx files, or add --download "
+            "(download=True) to fetch them with torchvision (needs internet, about 30 MB). The "
+            "embedded subset 'fashion-mnist-mini' needs nothing.",
+        )
+    images, labels = read_fashion_mnist_split(*found)
+    info = replace(dataset_info("fashion-mnist"), source=f"{found[0].parent} ({_FMNIST_SOURCE})")
+    return _array_dataset(images[:, None], labels, info, split)
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded_arrays() -> dict[str, np.ndarray]:
+    """The decompressed embedded npz (read once per process; callers copy what they use)."""
+    ref = importlib.resources.files("sslbench.benchmark").joinpath("data/fashion_mnist_mini.npz")
+    try:
+        with importlib.resources.as_file(ref) as path, np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        for key in ("train_images", "train_labels", "test_images", "test_labels"):
+            arrays[key]  # noqa: B018 - a missing key is a corrupt file
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(
+            f"The embedded dataset file '{ref}' is missing or corrupt ({type(exc).__name__}: {exc}).",
+            "Reinstall sslbench, or rebuild it with `python -m sslbench.benchmark.make_embedded_data`.",
+        ) from None
+    return arrays
+
+
+def embedded_metadata() -> dict[str, object]:
+    """How the embedded subset was built (source files, seed, selection method)."""
+    return dict(json.loads(str(_embedded_arrays()["meta"])))
+
+
+@register_dataset(
+    "fashion-mnist-mini",
+    info=DatasetInfo(
+        name="fashion-mnist-mini",
+        image_size=28,
+        channels=1,
+        num_classes=10,
+        mean=(0.2843,),  # computed over the 10,000 embedded training images
+        std=(0.3524,),
+        in_memory=True,
+        source="embedded: 10,000 train + 2,000 test Fashion-MNIST images, class balanced (in the package)",
+    ),
+    splits=("train", "test"),
+)
+def _load_fashion_mnist_mini(split: str, *, data_dir: Path | None, download: bool,
+                             image_size: int | None, num_workers: int) -> ArrayDataset:
+    arrays = _embedded_arrays()
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    return _array_dataset(images[:, None], labels, dataset_info("fashion-mnist-mini"), split)
+
+
+# ----------------------------------------------------------------------------------------------
+# torchvision datasets: CIFAR-10/100, STL-10
+
+
+def _torchvision_download(name: str, root: Path, fetch: Callable[[], object]) -> None:
+    """Runs a torchvision download, turning its failures into one DatasetError."""
+    try:
+        fetch()
+    except Exception as exc:  # network, disk, checksum: torchvision raises many kinds
+        raise DatasetError(
+            f"Downloading dataset '{name}' into '{root}' failed ({type(exc).__name__}: {exc}).",
+            "Check the internet connection and free disk space, or download the archive "
+            "yourself, extract it there and pass --data-dir.",
+        ) from None
+
+
+def _missing(name: str, split: str, looked: Sequence[Path], what: str, size: str) -> DatasetError:
+    return DatasetError(
+        f"Dataset '{name}' (split '{split}') not found. Looked in: {', '.join(map(str, looked))}.",
+        f"Pass --data-dir DIR containing {what}, or add --download (download=True) to fetch it "
+        f"with torchvision (needs internet, {size}).",
+    )
+
+
+def _corrupt(name: str, path: Path, detail: str) -> DatasetError:
+    return DatasetError(
+        f"Dataset '{name}': '{path}' is corrupt or incomplete ({detail}).",
+        f"Delete '{path}' and add --download to fetch it again, or re-extract the original archive.",
+    )
+
+
+@dataclass(frozen=True)
+class _CifarSpec:
+    folder: str
+    archive: str
+    size: str
+
+
+_CIFAR = {
+    "cifar10": _CifarSpec("cifar-10-batches-py", "cifar-10-python.tar.gz", "about 170 MB"),
+    "cifar100": _CifarSpec("cifar-100-python", "cifar-100-python.tar.gz", "about 170 MB"),
+}
+
+
+def _load_cifar(name: str, split: str, data_dir: Path | None, download: bool) -> ArrayDataset:
+    import torchvision
+
+    spec = _CIFAR[name]
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    root = (data_dir if data_dir is not None else default_data_dir()).resolve()
+    if root.name == spec.folder:  # --data-dir pointing at the extracted folder itself
+        root = root.parent
+    folder = root / spec.folder
+    if download:  # torchvision skips the download when the files pass their checksums
+        _torchvision_download(name, root, lambda: cls(str(root), train=True, download=True))
+    elif not folder.is_dir():
+        raise _missing(name, split, [folder], f"{spec.folder} (the extracted {spec.archive})", spec.size)
+    try:
+        ds = cls(str(root), train=split == "train", download=False)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        from torchvision.datasets.utils import check_integrity
+
+        files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+        bad = [folder / f for f, md5 in files if not check_integrity(str(folder / f), md5)]
+        raise _corrupt(name, bad[0] if bad else folder,
+                       f"{len(bad)} file(s) missing or failing their checksum" if bad else str(exc)) from None
+    images = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))  # NHWC -> NCHW
+    info = replace(dataset_info(name), source=str(folder))
+    return _array_dataset(images, np.asarray(ds.targets), info, split)
+
+
+@register_dataset(
+    "cifar10",
+    info=DatasetInfo(
+        name="cifar10",
+        image_size=32,
+        channels=3,
+        num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465),
+        # Over all training pixels; the often-copied (0.2023, 0.1994, 0.2010) is the mean of
+        # per-image standard deviations and too small.
+        std=(0.2470, 0.2435, 0.2616),
+        in_memory=True,
+        source="CIFAR-10 via torchvision: --data-dir DIR with cifar-10-batches-py, or --download",
+    ),
+    splits=("train", "test"),
+)
+def _load_cifar10(split: str, *, data_dir: Path | None, download: bool,
+                  image_size: int | None, num_workers: int) -> ArrayDataset:
+    return _load_cifar("cifar10", split, data_dir, download)
+
+
+@register_dataset(
+    "cifar100",
+    info=DatasetInfo(
+        name="cifar100",
+        image_size=32,
+        channels=3,
+        num_classes=100,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        in_memory=True,
+        source="CIFAR-100 via torchvision: --data-dir DIR with cifar-100-python, or --download",
+    ),
+    splits=("train", "test"),
+)
+def _load_cifar100(split: str, *, data_dir: Path | None, download: bool,
+                   image_size: int | None, num_workers: int) -> ArrayDataset:
+    return _load_cifar("cifar100", split, data_dir, download)
+
+
+_STL_FOLDER = "stl10_binary"
+_STL_SIDE = 96
+#: split -> (images file, labels file or None, expected image count)
+_STL_FILES: dict[str, tuple[str, str | None, int]] = {
+    "train": ("train_X.bin", "train_y.bin", 5000),
+    "test": ("test_X.bin", "test_y.bin", 8000),
+    "unlabeled": ("unlabeled_X.bin", None, 100000),
+}
+
+
+def _read_stl_part(folder: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reads one STL-10 binary part directly (no checksum pass over the 2.6 GB unlabelled file).
+
+    Shape:
+        returns images (N, 3, 96, 96) uint8 and labels (N,) int64 (0..9, or -1 when unlabelled).
+    """
+    x_name, y_name, count = _STL_FILES[part]
+    x_path = folder / x_name
+    expected = count * 3 * _STL_SIDE * _STL_SIDE
+    if not x_path.is_file() or x_path.stat().st_size != expected:
+        raise _corrupt("stl10", x_path, f"expected {expected} bytes")
+    # Stored column-major per image: (N, C, W, H) -> transpose to (N, C, H, W), as torchvision.
+    images = np.fromfile(x_path, dtype=np.uint8).reshape(count, 3, _STL_SIDE, _STL_SIDE).transpose(0, 1, 3, 2)
+    if y_name is None:
+        return images, np.full(count, -1, dtype=np.int64)
+    y_path = folder / y_name
+    labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64) - 1 if y_path.is_file() else np.empty(0)
+    if labels.shape != (count,) or labels.min() < 0 or labels.max() > 9:
+        raise _corrupt("stl10", y_path, f"expected {count} labels in 1..10")
+    return images, labels
+
+
+@register_dataset(
+    "stl10",
+    info=DatasetInfo(
+        name="stl10",
+        image_size=_STL_SIDE,
+        channels=3,
+        num_classes=10,
+        mean=(0.4467, 0.4398, 0.4066),
+        std=(0.2603, 0.2566, 0.2713),
+        in_memory=True,
+        source="STL-10 via torchvision: --data-dir DIR with stl10_binary, or --download (2.6 GB)",
+    ),
+    splits=("train", "test", "unlabeled", "train+unlabeled"),
+)
+def _load_stl10(split: str, *, data_dir: Path | None, download: bool,
+                image_size: int | None, num_workers: int) -> ArrayDataset:
+    root = (data_dir if data_dir is not None else default_data_dir()).resolve()
+    if root.name == _STL_FOLDER:
+        root = root.parent
+    folder = root / _STL_FOLDER
+    if not folder.is_dir():
+        if not download:
+            raise _missing("stl10", split, [folder], f"{_STL_FOLDER} (the extracted stl10_binary.tar.gz)",
+                           "about 2.6 GB")
+        import torchvision
+
+        _torchvision_download("stl10", root,
+                              lambda: torchvision.datasets.STL10(str(root), split="test", download=True))
+    parts = [_read_stl_part(folder, p) for p in split.split("+")]
+    images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    info = replace(dataset_info("stl10"), source=str(folder))
+    return _array_dataset(images, labels, info, split)
+
+
+# ----------------------------------------------------------------------------------------------
+# ImageFolder
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Image files below ``folder`` (recursively, following links), sorted."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return files
+
+
+def scan_image_folder(root: Path, split: str) -> tuple[list[tuple[str, int]], list[str], Path]:
+    """Finds the images of one split of ``root/<split>/<class>/<image>``.
+
+    Class indices come from the ``train`` folder's class names (sorted) whenever it exists, so
+    that every split uses the same mapping. "test" falls back to "val" when there is no test
+    folder.
+
+    Returns:
+        (path, class index) per image, the class names, and the folder that was read.
+    """
+    candidates = [root / split] + ([root / "val"] if split == "test" else [])
+    folder = next((c for c in candidates if c.is_dir()), None)
+    if folder is None:
+        present = _class_dirs(root) if root.is_dir() else []
+        raise DatasetError(
+            f"Dataset 'imagefolder' (split '{split}') not found. Looked in: "
+            f"{', '.join(str(c) for c in candidates)}"
+            + (f" ('{root}' holds: {', '.join(present)})." if present else "."),
+            "Pass --data-dir DIR laid out as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg "
+            "(or DIR/test/...); folder datasets cannot be downloaded by sslbench.",
+        )
+    train_folder = root / "train"
+    classes = _class_dirs(train_folder if train_folder.is_dir() else folder)
+    here = _class_dirs(folder)
+    unknown = sorted(set(here) - set(classes))
+    if unknown:
+        raise DatasetError(
+            f"Folder '{folder}' has class folders that '{train_folder}' lacks: {', '.join(unknown[:5])}.",
+            "Every split must use the training split's class folder names.",
+        )
+    if not here:
+        raise DatasetError(f"Folder '{folder}' has no class subfolders.",
+                           "Lay the images out as <split>/<class>/<image>.")
+    index = {c: i for i, c in enumerate(classes)}
+    samples: list[tuple[str, int]] = []
+    empty = []
+    for c in here:
+        files = _image_files(folder / c)
+        empty += [] if files else [c]
+        samples += [(f, index[c]) for f in files]
+    if empty:
+        raise DatasetError(
+            f"Class folder(s) {', '.join(empty[:5])} in '{folder}' hold no images "
+            f"({', '.join(IMAGE_EXTENSIONS)}).",
+            "Remove the empty folders or add the images.",
+        )
+    return samples, classes, folder
+
+
+@register_dataset(
+    "imagefolder",
+    info=DatasetInfo(
+        name="imagefolder",
+        image_size=224,
+        channels=3,
+        num_classes=0,  # discovered at load time
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        in_memory=False,
+        source="your images: --data-dir DIR with DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg",
+    ),
+    splits=("train", "val", "test"),
+)
+def _load_imagefolder(split: str, *, data_dir: Path | None, download: bool,
+                      image_size: int | None, num_workers: int) -> FolderDataset:
+    if data_dir is None:
+        raise DatasetError(
+            "Dataset 'imagefolder' needs a folder of images, and none was given.",
+            "Pass --data-dir DIR laid out as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg.",
+        )
+    samples, classes, folder = scan_image_folder(data_dir.resolve(), split)
+    info = replace(
+        dataset_info("imagefolder"),
+        num_classes=len(classes),
+        image_size=image_size or dataset_info("imagefolder").image_size,
+        source=str(folder),
+    )
+    return FolderDataset(samples, classes, info, split, num_workers=num_workers)
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic data for unit tests
+
+
+def _split_seed(seed: int, split: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(split.encode())) % (2**63)
+
+
+def make_synthetic(
+    num_classes: int = 4,
+    per_class: int = 64,
+    image_size: int = 16,
+    channels: int = 1,
+    seed: int = 0,
+    split: str = "train",
+) -> ArrayDataset:
+    """A tiny generated dataset for fast tests, that a classifier can learn.
+
+    Class ``c`` is a soft bar through the image at angle ``pi * c / num_classes`` (jittered by
+    up to 15% of the angle step), shifted by up to ``image_size / 8`` pixels, with a random
+    contrast and background and Gaussian pixel noise; with 3 channels each class also has its
+    own tint. Images of class c are at positions c, c + num_classes, ...
+
+    Args:
+        num_classes: number of classes (>= 2).
+        per_class: images per class.
+        image_size: side of the square images (>= 8).
+        channels: 1 or 3.
+        seed: the same (seed, split) always gives the same images; others give others.
+        split: a name mixed into the seed, so "train" and "test" differ.
+
+    Returns:
+        An in-memory split; ``info.name`` is "synthetic" and mean/std are measured on it.
+    """
+    if num_classes < 2 or per_class < 1 or image_size < 8 or channels not in (1, 3):
+        raise ValueError(
+            f"need num_classes >= 2, per_class >= 1, image_size >= 8, channels 1 or 3; got "
+            f"{num_classes}, {per_class}, {image_size}, {channels}"
+        )
+    g = torch.Generator().manual_seed(_split_seed(seed, split))
+    n = num_classes * per_class
+    labels = torch.arange(n) % num_classes
+    step = math.pi / num_classes
+    angle = labels * step + (torch.rand(n, generator=g) - 0.5) * 0.3 * step
+    shift = (torch.rand(n, 2, generator=g) - 0.5) * (image_size / 4)
+    coords = torch.arange(image_size, dtype=torch.float32) - (image_size - 1) / 2
+    yy, xx = coords[:, None], coords[None, :]
+    dx = xx - shift[:, 0, None, None]
+    dy = yy - shift[:, 1, None, None]
+    dist = (-dx * angle.sin()[:, None, None] + dy * angle.cos()[:, None, None]).abs()
+    bar = torch.exp(-((dist / (image_size / 10)) ** 2))  # (N, S, S)
+    contrast = 0.5 + 0.3 * torch.rand(n, 1, 1, 1, generator=g)
+    background = 0.1 + 0.2 * torch.rand(n, 1, 1, 1, generator=g)
+    if channels == 3:
+        phase = 2 * math.pi * labels[:, None].float() / num_classes + torch.tensor([0.0, 2.094, 4.189])
+        tint = (0.6 + 0.4 * phase.cos())[:, :, None, None]  # (N, 3, 1, 1)
+    else:
+        tint = torch.ones(n, 1, 1, 1)
+    x = background + contrast * tint * bar[:, None]
+    x = x + 0.08 * torch.randn(x.shape, generator=g)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    scaled = images.double() / 255
+    info = DatasetInfo(
+        name="synthetic",
+        image_size=image_size,
+        channels=channels,
+        num_classes=num_classes,
+        mean=tuple(scaled.mean(dim=(0, 2, 3)).tolist()),
+        std=tuple(scaled.std(dim=(0, 2, 3)).tolist()),
+        in_memory=True,
+        source=f"generated by make_synthetic(seed={seed}, split='{split}')",
+    )
+    return ArrayDataset(images, labels.to(torch.int64), info, split)
+
+
+@register_dataset(
+    "synthetic",
+    info=DatasetInfo(
+        name="synthetic",
+        image_size=16,
+        channels=1,
+        num_classes=4,
+        mean=(0.3271,),  # measured on make_synthetic(split="train") with the defaults
+        std=(0.2293,),
+        in_memory=True,
+        source="generated: make_synthetic() defaults, 256 images of 16 px, 4 classes (for smoke tests)",
+    ),
+    splits=("train", "test"),
+)
+def _load_synthetic(split: str, *, data_dir: Path | None, download: bool,
+                    image_size: int | None, num_workers: int) -> ArrayDataset:
+    ds = make_synthetic(split=split)
+    # Both splits report the training split's statistics, as the real datasets do.
+    return replace(ds, info=dataset_info("synthetic"))
