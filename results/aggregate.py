@@ -1,0 +1,206 @@
+"""Runs from MLflow as a DataFrame, and their mean / std over seeds.
+
+:func:`load_runs` is the only function here that talks to MLflow; everything downstream
+(aggregation, tables, plots) works on the DataFrame, so it can be built by hand in tests.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sslbench.benchmark.errors import SSLBenchError
+from sslbench.results import tracking as T
+
+#: Columns every frame from :func:`load_runs` has, in this order, even when empty.
+RUN_COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "parent_run_id",
+    "run_name",
+    "status",
+    "start_time",
+    "end_time",
+)
+IDENTITY_COLUMNS: tuple[str, ...] = (
+    *RUN_COLUMNS,
+    T.TAG_KIND,
+    T.TAG_METHOD,
+    T.TAG_RECIPE,
+    T.TAG_AUGMENT,
+    T.TAG_DATASET,
+    T.TAG_BACKBONE,
+    T.TAG_BATCH_SIZE,
+    T.TAG_EPOCHS,
+    T.TAG_SEED,
+    T.TAG_CONFIG_HASH,
+    T.TAG_PROTOCOL,
+    T.TAG_PROTOCOL_VERSION,
+    T.TAG_EVAL_DATASET,
+    T.TAG_GIT_COMMIT,
+)
+PARAM_PREFIX = "param."
+METRIC_PREFIX = "metric."  # only for a metric whose name clashes with a tag or run column
+DEFAULT_BY: tuple[str, ...] = ("method", "dataset", "backbone", "batch_size", "epochs", "protocol")
+DEFAULT_METRICS: tuple[str, ...] = (T.METRIC_TOP1, T.METRIC_TOP5)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def _row(run: Any) -> dict[str, Any]:
+    info, data = run.info, run.data
+    row: dict[str, Any] = {
+        "run_id": info.run_id,
+        "parent_run_id": data.tags.get(T.TAG_PARENT_RUN_ID),
+        "run_name": info.run_name,
+        "status": info.status,
+        "start_time": info.start_time,
+        "end_time": info.end_time,
+    }
+    for key, value in data.tags.items():
+        if key not in row:
+            row[key] = value
+    for key, value in data.metrics.items():
+        row[key if key not in row else METRIC_PREFIX + key] = value
+    for key, value in data.params.items():
+        row[PARAM_PREFIX + key] = value
+    return row
+
+
+def load_runs(
+    *,
+    tracking_uri: str | None = None,
+    experiment: str = T.DEFAULT_EXPERIMENT,
+    kind: str | None = T.KIND_EVAL,
+    finished_only: bool = True,
+) -> pd.DataFrame:
+    """All runs of an experiment, one row per run.
+
+    Columns: ``run_id``, ``parent_run_id``, ``run_name``, ``status``, ``start_time``,
+    ``end_time`` (UTC timestamps), every tag (``batch_size``, ``epochs``, ``seed`` as nullable
+    ints), every metric (its latest value; a metric named like a tag gets a ``metric.`` prefix)
+    and every param prefixed ``param.``. The columns in :data:`IDENTITY_COLUMNS` are always there
+    (NA where a run lacks the tag). A missing store or experiment gives an empty frame.
+
+    Args:
+        tracking_uri: see :func:`sslbench.results.tracking.resolve_tracking_uri`.
+        experiment: the MLflow experiment name.
+        kind: only runs with this ``kind`` tag (``"eval"``, ``"pretrain"``); None for all.
+        finished_only: only runs whose status is FINISHED (drops FAILED, KILLED, RUNNING).
+    """
+    from mlflow.entities import ViewType
+
+    uri = T.resolve_tracking_uri(tracking_uri)
+    sqlite = T._sqlite_path(uri)
+    if sqlite is not None and not sqlite.exists():
+        return _frame([])  # don't create a database just to find it empty
+    client, uri, experiment_id = T._open(uri, experiment, create=False)
+    if experiment_id is None:
+        return _frame([])
+    filters = []
+    if kind is not None:
+        filters.append(f"tags.{T.TAG_KIND} = {_quote(kind)}")
+    if finished_only:
+        filters.append("attributes.status = 'FINISHED'")
+    rows: list[dict[str, Any]] = []
+    token: str | None = None
+    with T._guard(uri, "searching runs"):
+        while True:
+            page = client.search_runs(
+                [experiment_id],
+                filter_string=" and ".join(filters),
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=1000,  # MLflow pages at most this many; the token fetches the rest
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+            rows.extend(_row(run) for run in page)
+            token = page.token
+            if not token:
+                break
+    return _frame(rows)
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for col in IDENTITY_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = pd.Series([None] * len(frame), dtype=object)
+    frame = frame[[*IDENTITY_COLUMNS, *(c for c in frame.columns if c not in IDENTITY_COLUMNS)]]
+    for col in ("start_time", "end_time"):
+        frame[col] = pd.to_datetime(pd.to_numeric(frame[col], errors="coerce"), unit="ms", utc=True)
+    for col in T.INT_TAGS:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    return frame.reset_index(drop=True)
+
+
+def _check_columns(runs: pd.DataFrame, wanted: Sequence[str], what: str) -> None:
+    missing = [c for c in wanted if c not in runs.columns]
+    if missing:
+        raise SSLBenchError(
+            f"Cannot aggregate: the runs have no {what} column(s) {missing}.",
+            f"Available columns: {', '.join(map(str, runs.columns))}.",
+        )
+
+
+def _seeds(values: pd.Series) -> str:
+    return ",".join(str(int(s)) for s in sorted(values.dropna()))
+
+
+def aggregate(
+    runs: pd.DataFrame,
+    *,
+    by: Sequence[str] = DEFAULT_BY,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> pd.DataFrame:
+    """Mean and standard deviation of each metric over seeds, per configuration.
+
+    Each run (row) counts once: ``n`` is the number of runs in the group and ``seeds`` their
+    sorted seeds as ``"0,1,2"``; a run that lacks a metric (NaN) is left out of that metric's
+    mean and std only. A seed that appears twice in one group (a rerun) is kept and
+    shows twice in ``seeds``, with a warning. ``std`` uses ddof=1 and is NaN when n == 1. Group
+    keys that are NA (e.g. no protocol on pretraining runs) form their own group.
+
+    Args:
+        runs: a frame like :func:`load_runs` gives (needs the ``by`` and ``metrics`` columns,
+            and ``seed``).
+        by: the columns that define one configuration.
+        metrics: the metric columns to summarise.
+
+    Returns:
+        One row per group: the ``by`` columns, then ``{m}_mean`` and ``{m}_std`` per metric,
+        ``n`` and ``seeds``, sorted by the ``by`` columns.
+    """
+    by, metrics = list(by), list(metrics)
+    stats = [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    if runs.empty:
+        return pd.DataFrame(columns=[*by, *stats, "n", "seeds"])
+    _check_columns(runs, by, "group-by")
+    _check_columns(runs, metrics, "metric")
+    seed = runs[T.TAG_SEED] if T.TAG_SEED in runs.columns else pd.Series(pd.NA, index=runs.index)
+    frame = runs[by].copy()
+    for m in metrics:
+        frame[m] = pd.to_numeric(runs[m], errors="coerce").astype(float)
+    frame["_seed"] = pd.to_numeric(seed, errors="coerce")
+    groups = frame.groupby(by, dropna=False, sort=True)
+    out = groups[metrics].agg(["mean", "std"])
+    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    out["n"] = groups.size()
+    out["seeds"] = groups["_seed"].agg(_seeds)
+    out = out.reset_index()
+    dup = out[
+        out["seeds"].map(lambda s: len(s.split(",")) != len(set(s.split(","))) if s else False)
+    ]
+    if not dup.empty:
+        warnings.warn(
+            f"{len(dup)} configuration(s) have the same seed more than once (reruns); each run "
+            f"counts in n. First: {dup.iloc[0][by].to_dict()} seeds={dup.iloc[0]['seeds']}.",
+            stacklevel=2,
+        )
+    out["n"] = out["n"].astype(np.int64)
+    return out[[*by, *stats, "n", "seeds"]]

@@ -1,0 +1,620 @@
+"""MLflow access: the run schema, tracking-URI resolution, provenance and :class:`TrackedRun`.
+
+Every training and evaluation run is one MLflow run whose tags identify it (method, recipe,
+dataset, seed, config hash, git SHA, versions) so that results are data. The schema is written
+down in ``docs/mlflow-schema.md``; the names below are its single definition in code.
+
+Credentials for a remote tracking server come from the environment
+(``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` / ``MLFLOW_TRACKING_TOKEN``) and
+are never logged: any URI shown to the user or written anywhere goes through :func:`redact_uri`.
+
+``mlflow`` is imported lazily (inside functions) because importing it takes about a second and
+the CLI imports this module only to read the constants.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.metadata
+import json
+import os
+import platform as _platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sslbench.benchmark.errors import SSLBenchError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+DEFAULT_EXPERIMENT = "sslbench"
+DEFAULT_SQLITE_FILE = "mlruns.db"
+DEFAULT_ARTIFACT_DIR = "mlruns"
+
+# --- Tags -------------------------------------------------------------------------------------
+TAG_KIND = "kind"
+KIND_PRETRAIN = "pretrain"
+KIND_EVAL = "eval"
+TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own nested-run link
+TAG_RUN_NAME = "mlflow.runName"
+
+TAG_METHOD = "method"
+TAG_RECIPE = "recipe"
+TAG_AUGMENT = "augment"
+TAG_DATASET = "dataset"
+TAG_BACKBONE = "backbone"
+TAG_BATCH_SIZE = "batch_size"
+TAG_EPOCHS = "epochs"
+TAG_SEED = "seed"
+TAG_CONFIG_HASH = "config_hash"
+TAG_GIT_COMMIT = "git_commit"
+TAG_DEVICE = "device"
+TAG_SSLBENCH_VERSION = "sslbench_version"
+TAG_TORCH_VERSION = "torch_version"
+TAG_TORCHVISION_VERSION = "torchvision_version"
+TAG_TIMM_VERSION = "timm_version"
+TAG_MLFLOW_VERSION = "mlflow_version"
+TAG_PYTHON_VERSION = "python_version"
+TAG_PLATFORM = "platform"
+
+TAG_PROTOCOL = "protocol"
+TAG_PROTOCOL_VERSION = "protocol_version"
+TAG_PROTOCOL_SPEC = "protocol_spec"
+TAG_EVAL_DATASET = "eval_dataset"
+
+#: Tags written by :func:`provenance_tags`.
+PROVENANCE_TAGS: tuple[str, ...] = (
+    TAG_GIT_COMMIT,
+    TAG_SSLBENCH_VERSION,
+    TAG_TORCH_VERSION,
+    TAG_TORCHVISION_VERSION,
+    TAG_TIMM_VERSION,
+    TAG_MLFLOW_VERSION,
+    TAG_PYTHON_VERSION,
+    TAG_PLATFORM,
+    TAG_DEVICE,
+)
+#: Tags that identify a pretraining run; an evaluation run copies them from its parent.
+IDENTITY_TAGS: tuple[str, ...] = (
+    TAG_METHOD,
+    TAG_RECIPE,
+    TAG_AUGMENT,
+    TAG_DATASET,
+    TAG_BACKBONE,
+    TAG_BATCH_SIZE,
+    TAG_EPOCHS,
+    TAG_SEED,
+    TAG_CONFIG_HASH,
+    *PROVENANCE_TAGS,
+)
+#: Tags only an evaluation run has.
+EVAL_TAGS: tuple[str, ...] = (
+    TAG_PROTOCOL,
+    TAG_PROTOCOL_VERSION,
+    TAG_PROTOCOL_SPEC,
+    TAG_EVAL_DATASET,
+)
+#: Tags stored as strings that hold integers (``load_runs`` turns them back into ints).
+INT_TAGS: tuple[str, ...] = (TAG_BATCH_SIZE, TAG_EPOCHS, TAG_SEED)
+
+#: The method name of the untrained baseline (``epochs`` 0).
+RANDOM_INIT_METHOD = "random-init"
+
+# --- Params and artifacts ---------------------------------------------------------------------
+DERIVED_PARAM_PREFIX = "derived."
+CONFIG_ARTIFACT = "config.json"
+
+# --- Metrics ----------------------------------------------------------------------------------
+# Pretraining, per epoch (step = epoch, 1-based).
+METRIC_TRAIN_LOSS = "train/loss"
+METRIC_TRAIN_LR = "train/lr"
+METRIC_TRAIN_IMAGES_PER_S = "train/images_per_s"
+METRIC_TRAIN_EPOCH_TIME_S = "train/epoch_time_s"
+TRAIN_METRIC_PREFIX = "train/"  # method logs (e.g. "ema_momentum") go under this prefix
+# Pretraining, once at the end.
+METRIC_FINAL_TRAIN_LOSS = "final/train_loss"
+METRIC_FINAL_WALL_TIME_S = "final/wall_time_s"
+METRIC_FINAL_IMAGES_PER_S = "final/images_per_s"
+# Evaluation (percent, final-epoch numbers only).
+METRIC_TOP1 = "top1"
+METRIC_TOP5 = "top5"
+METRIC_VAL_TOP1 = "val_top1"  # on the held-out part of the train set used for model selection
+METRIC_BEST_EPOCH_TOP1 = "best_epoch/top1"  # never reported as the result
+
+# MLflow's own limits (mlflow.utils.validation).
+MAX_PARAM_VALUE_LENGTH = 6000
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+
+_SECRET_QUERY_KEYS = re.compile(r"pass|pwd|token|secret|key|auth|credential", re.IGNORECASE)
+_USERINFO = re.compile(r"(?<=//)[^/\s@]+@")
+
+
+def pretrain_run_name(method: str, dataset: str, batch_size: int, seed: int) -> str:
+    """The run name of a pretraining run, ``pretrain/{method}/{dataset}/b{batch_size}/s{seed}``."""
+    return f"pretrain/{method}/{dataset}/b{batch_size}/s{seed}"
+
+
+def eval_run_name(protocol: str) -> str:
+    """The run name of an evaluation run, ``eval/{protocol}``."""
+    return f"eval/{protocol}"
+
+
+def identity_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The identity tags (:data:`IDENTITY_TAGS`) among ``tags``, e.g. to copy onto an eval run."""
+    return {k: str(tags[k]) for k in IDENTITY_TAGS if k in tags}
+
+
+# --- URIs -------------------------------------------------------------------------------------
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use.
+
+    Order: ``uri`` if given, else ``MLFLOW_TRACKING_URI``, else the SQLite database
+    ``sqlite:///<cwd>/mlruns.db`` (its artifacts then go to ``<cwd>/mlruns/``).
+
+    Args:
+        uri: an explicit URI (e.g. from ``--tracking-uri``).
+    """
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd().resolve() / DEFAULT_SQLITE_FILE}"
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without credentials, safe to print or log.
+
+    Removes the ``user:password@`` part and blanks query parameters that look like secrets
+    (``password=``, ``token=``, ...).
+
+    Args:
+        uri: a tracking URI, possibly with credentials in it.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return _USERINFO.sub("", uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, "***" if _SECRET_QUERY_KEYS.search(k) else v) for k, v in pairs], safe="*/:"
+        )
+    redacted = urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if parts.scheme and not parts.netloc and uri.startswith(f"{parts.scheme}://"):
+        # urlunsplit drops an empty authority ("sqlite:////abs" -> "sqlite:/abs"); keep it.
+        redacted = f"{parts.scheme}://{redacted[len(parts.scheme) + 1 :]}"
+    return _USERINFO.sub("", redacted)
+
+
+def _redact_text(text: str, uri: str) -> str:
+    """``text`` (e.g. an MLflow error message) with ``uri`` and any ``//user:pw@`` removed."""
+    return _USERINFO.sub("", text.replace(uri, redact_uri(uri)))
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+# --- Provenance -------------------------------------------------------------------------------
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the repository root is the sslbench package
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=_PACKAGE_DIR, capture_output=True, text=True, timeout=10, check=True
+    )
+    return out.stdout.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of the sslbench source tree, ``<sha>-dirty`` with uncommitted changes.
+
+    "Dirty" follows ``git describe --dirty``: changes to tracked files count, untracked files do
+    not. Returns ``"unknown"`` when the package is not inside its own git checkout (e.g. an
+    installed wheel, or no git binary).
+    """
+    try:
+        toplevel = Path(_git("rev-parse", "--show-toplevel")).resolve()
+        if toplevel != _PACKAGE_DIR:  # some other repository that happens to contain the package
+            return "unknown"
+        sha = _git("rev-parse", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def _version(dist: str) -> str:
+    """The version of ``dist``: the imported module's ``__version__`` when it is already loaded
+    (torch's carries the CUDA build, e.g. ``2.4.0+cu121``, which the metadata lacks), else the
+    installed distribution's metadata (importing timm alone takes seconds)."""
+    module = sys.modules.get(dist)
+    if module is not None and getattr(module, "__version__", None):
+        return str(module.__version__)
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not-installed"
+
+
+def provenance_tags(device: str) -> dict[str, str]:
+    """The tags that say what code ran where: git SHA, library versions, Python, platform, device.
+
+    A library already imported gives its ``__version__`` (in a training or evaluation process
+    torch, torchvision and timm are loaded, so torch's version includes its CUDA build); one not
+    imported is read from its installed metadata rather than imported.
+
+    Args:
+        device: the device the run used (e.g. ``"cuda:0 (NVIDIA H100)"`` or ``"cpu"``).
+    """
+    return {
+        TAG_GIT_COMMIT: git_commit(),
+        TAG_SSLBENCH_VERSION: _version("sslbench"),  # the package's own __version__
+        TAG_TORCH_VERSION: _version("torch"),
+        TAG_TORCHVISION_VERSION: _version("torchvision"),
+        TAG_TIMM_VERSION: _version("timm"),
+        TAG_MLFLOW_VERSION: _version("mlflow"),
+        TAG_PYTHON_VERSION: _platform.python_version(),
+        TAG_PLATFORM: _platform.platform(),
+        TAG_DEVICE: str(device),
+    }
+
+
+# --- Params -----------------------------------------------------------------------------------
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested mapping as one level of dotted keys with string values.
+
+    Dataclass values are expanded like mappings; an empty mapping becomes ``"{}"``; other values
+    are ``str()``-ed (as MLflow does) and cut to MLflow's 6000-character limit.
+
+    Args:
+        d: e.g. ``{"optim": {"base_lr": 0.3}}``, giving ``{"optim.base_lr": "0.3"}``.
+        prefix: prepended to every key (e.g. ``"derived."``).
+    """
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if is_dataclass(value) and not isinstance(value, type):
+            value = asdict(value)
+        if isinstance(value, Mapping):
+            if value:
+                out.update(flatten(value, prefix=f"{name}."))
+            else:
+                out[name] = "{}"
+        else:
+            out[name] = str(value)[:MAX_PARAM_VALUE_LENGTH]
+    return out
+
+
+# --- Client -----------------------------------------------------------------------------------
+def _unreachable(uri: str, exc: BaseException) -> SSLBenchError:
+    cause = _redact_text(f"{type(exc).__name__}: {exc}", uri)
+    if len(cause) > 300:
+        cause = cause[:300] + "..."
+    where = redact_uri(uri)
+    sqlite = _sqlite_path(uri)
+    if sqlite is not None:
+        fix = (
+            f"Check that {sqlite} is an MLflow database and its folder is writable, or point "
+            "MLFLOW_TRACKING_URI (or --tracking-uri) at another store."
+        )
+        return SSLBenchError(f"Cannot open the MLflow store {where} ({cause}).", fix)
+    return SSLBenchError(
+        f"Cannot reach the MLflow tracking server at {where} ({cause}).",
+        "Start the server (e.g. `mlflow server --host 127.0.0.1 --port 5000`) and check the "
+        "credentials in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD/MLFLOW_TRACKING_TOKEN, "
+        "or unset MLFLOW_TRACKING_URI to log to the local SQLite file ./mlruns.db.",
+    )
+
+
+@contextlib.contextmanager
+def _guard(uri: str, action: str) -> Iterator[None]:
+    """Turns a failing MLflow call into an :class:`SSLBenchError` whose text has no credentials.
+
+    MLflow's own messages contain the full server URL (``user:password@`` included, if the URI
+    has them), so they are never let through unredacted.
+    """
+    try:
+        yield
+    except SSLBenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
+            cause = _redact_text(str(exc), uri)[:500]
+            raise SSLBenchError(
+                f"MLflow at {redact_uri(uri)} rejected {action}: {cause}",
+                "Check the names and values logged (MLflow keys: at most 250 characters of "
+                "letters, digits, and _ - . / space).",
+            ) from None
+        raise _unreachable(uri, exc) from None
+
+
+@functools.lru_cache(maxsize=16)
+def get_client(uri: str) -> MlflowClient:
+    """One cached :class:`mlflow.MlflowClient` per resolved URI.
+
+    Opening a SQLite store checks (and on first creation migrates) its schema, which takes one
+    to a few seconds; the cache makes that happen once per process.
+
+    Args:
+        uri: a resolved tracking URI (see :func:`resolve_tracking_uri`).
+    """
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client: MlflowClient, uri: str, name: str, create: bool) -> str | None:
+    """The id of experiment ``name``; created if missing and ``create`` (race-safe)."""
+    from mlflow.exceptions import MlflowException
+
+    with _guard(uri, f"opening experiment '{name}'"):
+        exp = client.get_experiment_by_name(name)
+        if exp is None and create:
+            sqlite = _sqlite_path(uri)
+            # Keep artifacts next to the database, not in whatever the cwd happens to be.
+            location = str(sqlite.resolve().parent / DEFAULT_ARTIFACT_DIR) if sqlite else None
+            try:
+                return str(client.create_experiment(name, artifact_location=location))
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = client.get_experiment_by_name(name)  # another process created it first
+    if exp is None:
+        return None
+    if exp.lifecycle_stage == "deleted":
+        raise SSLBenchError(
+            f"MLflow experiment '{name}' at {redact_uri(uri)} is deleted.",
+            f"Restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`) "
+            "or name another experiment.",
+        )
+    return str(exp.experiment_id)
+
+
+def _open(
+    tracking_uri: str | None, experiment: str, create: bool
+) -> tuple[MlflowClient, str, str | None]:
+    """(client, resolved uri, experiment id or None when missing and not created)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    with _guard(uri, "opening the tracking store"):
+        client = get_client(uri)
+    return client, uri, _experiment_id(client, uri, experiment, create)
+
+
+def _get_run(client: MlflowClient, uri: str, run_id: str) -> Any:
+    with _guard(uri, f"reading run {run_id}"):
+        try:
+            return client.get_run(run_id)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+    raise SSLBenchError(
+        f"No MLflow run with id '{run_id}' at {redact_uri(uri)}.",
+        "Check the run id (`mlflow runs list --experiment-id ...`) and that MLFLOW_TRACKING_URI "
+        "points at the store the run was logged to.",
+    )
+
+
+def run_tags(run_id: str, *, tracking_uri: str | None = None) -> dict[str, str]:
+    """All tags of run ``run_id`` (e.g. to copy a pretraining run's identity onto its evals).
+
+    Args:
+        run_id: the MLflow run id.
+        tracking_uri: see :func:`resolve_tracking_uri`.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    with _guard(uri, "opening the tracking store"):
+        client = get_client(uri)
+    return dict(_get_run(client, uri, run_id).data.tags)
+
+
+# --- TrackedRun -------------------------------------------------------------------------------
+class TrackedRun:
+    """A context manager around one MLflow run, addressed by its run id.
+
+    It talks to MLflow through :class:`mlflow.MlflowClient` with explicit run ids, never through
+    the fluent active-run stack, so a parent and a child run can be open at once. Every failing
+    MLflow call becomes an :class:`SSLBenchError` with the credentials stripped from its text.
+
+    On exit the run is FINISHED, FAILED when an exception escaped, or KILLED on
+    ``KeyboardInterrupt``; the exception always propagates.
+
+    Args:
+        run_name: e.g. :func:`pretrain_run_name` (ignored when resuming).
+        tags: tags set when the run starts (also when resuming).
+        experiment: the experiment, created if missing.
+        tracking_uri: see :func:`resolve_tracking_uri`.
+        parent_run_id: makes this a nested (child) run of that run.
+        run_id: resume this existing run (e.g. after ``--resume``) instead of creating one; it
+            goes back to RUNNING and keeps its params and metric history.
+
+    Example::
+
+        with TrackedRun(run_name=pretrain_run_name("byol", "cifar10", 256, 0), tags=tags) as run:
+            run.log_params(config)
+            run.log_metrics({METRIC_TRAIN_LOSS: 1.2}, step=1)
+    """
+
+    def __init__(
+        self,
+        *,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        experiment: str = DEFAULT_EXPERIMENT,
+        tracking_uri: str | None = None,
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self._run_name = run_name
+        self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        self._experiment = experiment
+        self._tracking_uri = tracking_uri
+        self._parent_run_id = parent_run_id
+        self._resume_id = run_id
+        self._run_id: str | None = None
+        self._client: MlflowClient | None = None
+        self._uri = ""
+        self._params: dict[str, str] | None = None  # params already on the run, fetched lazily
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run id (available inside the ``with`` block)."""
+        if self._run_id is None:
+            raise RuntimeError("TrackedRun.run_id is only available inside the `with` block.")
+        return self._run_id
+
+    @property
+    def tracking_uri(self) -> str:
+        """The tracking URI in use, without credentials."""
+        return redact_uri(self._uri or resolve_tracking_uri(self._tracking_uri))
+
+    def __enter__(self) -> TrackedRun:
+        client, uri, experiment_id = _open(self._tracking_uri, self._experiment, create=True)
+        assert experiment_id is not None
+        self._client, self._uri = client, uri
+        tags = dict(self._tags)
+        if self._parent_run_id is not None:
+            _get_run(client, uri, self._parent_run_id)  # fail early on a wrong parent id
+            tags[TAG_PARENT_RUN_ID] = self._parent_run_id
+        if self._resume_id is not None:
+            _get_run(client, uri, self._resume_id)  # a clear error for a wrong run id
+            self._run_id = self._resume_id
+            with _guard(uri, f"resuming run {self._run_id}"):
+                client.update_run(self._run_id, status="RUNNING")
+            self.set_tags(tags)
+        else:
+            with _guard(uri, "creating a run"):
+                run = client.create_run(experiment_id, tags=tags, run_name=self._run_name)
+            self._run_id = run.info.run_id
+            self._params = {}
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is None or self._run_id is None:
+            return
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = "KILLED"
+        else:
+            status = "FAILED"
+        try:
+            with _guard(self._uri, f"ending run {self._run_id}"):
+                self._client.set_terminated(self._run_id, status=status)
+        except SSLBenchError:
+            if exc_type is None:
+                raise
+            # Never mask the exception that ended the run.
+
+    def _require(self) -> tuple[MlflowClient, str]:
+        if self._client is None or self._run_id is None:
+            raise RuntimeError(
+                "Use TrackedRun as a context manager: `with TrackedRun(...) as run:`."
+            )
+        return self._client, self._run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Logs ``params`` flattened to dotted keys (see :func:`flatten`).
+
+        Keys already on the run with the same value are skipped, so a resumed run can log its
+        config again. MLflow cannot change a param; a different value is an error.
+
+        Args:
+            params: e.g. the resolved config as a (nested) dict.
+
+        Raises:
+            SSLBenchError: a key was logged before with another value.
+        """
+        from mlflow.entities import Param
+
+        client, run_id = self._require()
+        if self._params is None:
+            self._params = dict(_get_run(client, self._uri, run_id).data.params)
+        new: dict[str, str] = {}
+        for key, value in flatten(params).items():
+            old = self._params.get(key)
+            if old is None:
+                new[key] = value
+            elif old != value:
+                raise SSLBenchError(
+                    f"Param '{key}' of MLflow run {run_id} was logged as '{old}' and is now "
+                    f"'{value}'; MLflow cannot change a param.",
+                    "Resume only with the configuration the run started with, or start a new run.",
+                )
+        items = [Param(k, v) for k, v in new.items()]
+        with _guard(self._uri, "logging params"):
+            for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+                batch = items[i : i + _MAX_PARAMS_PER_BATCH]
+                client.log_batch(run_id, params=batch, synchronous=True)
+        self._params.update(new)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Logs ``metrics`` at ``step`` (0 when not given).
+
+        Args:
+            metrics: name -> value (anything ``float()`` accepts, e.g. a 0-d tensor).
+            step: the epoch for per-epoch metrics (1-based).
+        """
+        from mlflow.entities import Metric
+
+        client, run_id = self._require()
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()]
+        with _guard(self._uri, "logging metrics"):
+            for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
+                batch = items[i : i + _MAX_METRICS_PER_BATCH]
+                client.log_batch(run_id, metrics=batch, synchronous=True)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Sets (or overwrites) tags; values are stringified.
+
+        Args:
+            tags: name -> value.
+        """
+        from mlflow.entities import RunTag
+
+        client, run_id = self._require()
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        with _guard(self._uri, "setting tags"):
+            for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+                client.log_batch(
+                    run_id, tags=items[i : i + _MAX_PARAMS_PER_BATCH], synchronous=True
+                )
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        """Writes ``obj`` as a JSON (or YAML, by extension) artifact, e.g. ``config.json``.
+
+        Args:
+            obj: a JSON-serialisable object (a dataclass is converted with ``asdict``).
+            artifact_file: the artifact's path inside the run.
+        """
+        client, run_id = self._require()
+        if is_dataclass(obj) and not isinstance(obj, type):
+            obj = asdict(obj)
+        # Values JSON lacks (Path, enum, tuple) are written as their str() / list form.
+        obj = json.loads(json.dumps(obj, default=str))
+        with _guard(self._uri, f"writing artifact {artifact_file}"):
+            client.log_dict(run_id, obj, artifact_file)
