@@ -267,9 +267,9 @@ def _tracked_run(tracking: Tracking | None, cfg: Config, tags: dict[str, str],
                  run_id: str | None) -> contextlib.AbstractContextManager[Any]:
     if tracking is None:
         return contextlib.nullcontext()
-    from sslbench.results.tracking import TrackedRun
+    from sslbench.results.tracking import TrackedRun, pretrain_run_name
 
-    name = f"pretrain/{cfg.method}/{cfg.data.dataset}/b{cfg.data.batch_size}/s{cfg.train.seed}"
+    name = pretrain_run_name(cfg.method, cfg.data.dataset, cfg.data.batch_size, cfg.train.seed)
     return TrackedRun(run_name=name, tags=tags, experiment=tracking.experiment,
                       tracking_uri=tracking.uri, run_id=run_id)
 

@@ -17,12 +17,6 @@ from sslbench.benchmark.engine import Tracking
 from sslbench.protocols.run import ProtocolResult, evaluate
 from sslbench.protocols.spec import get_protocol
 
-#: tags copied from a pretraining run onto its evaluation runs
-IDENTITY_KEYS = ("method", "recipe", "augment", "dataset", "backbone", "batch_size", "epochs", "seed",
-                 "config_hash", "git_commit", "device", "sslbench_version", "torch_version",
-                 "torchvision_version", "timm_version", "mlflow_version", "python_version", "platform")
-
-
 def load_eval_splits(dataset: str, *, data_dir: str | None = None, download: bool = False,
                      image_size: int | None = None, num_workers: int = 2,
                      device: torch.device | str = "cpu") -> tuple[object, object]:
@@ -55,16 +49,16 @@ def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: obj
     results = evaluate(encoder, train, test, specs, device=device, progress=progress)
     if tracking is None:
         return results
-    from sslbench.results.tracking import TrackedRun
+    from sslbench.results.tracking import TrackedRun, eval_run_name, identity_tags
 
-    identity = {k: str(tags[k]) for k in IDENTITY_KEYS if k in tags}
+    identity = identity_tags(tags)
     for res in results:
         spec = res.spec
         child_tags = {**identity, "kind": "eval", "protocol": spec.name,
                       "protocol_version": str(spec.version),
                       "protocol_spec": json.dumps(spec.to_dict(), sort_keys=True),
                       "eval_dataset": res.eval_dataset}
-        with TrackedRun(run_name=f"eval/{spec.name}", tags=child_tags, experiment=tracking.experiment,
+        with TrackedRun(run_name=eval_run_name(spec.name), tags=child_tags, experiment=tracking.experiment,
                         tracking_uri=tracking.uri, parent_run_id=parent_run_id) as run:
             run.log_params(res.params)
             run.log_metrics({**res.metrics, "eval_seconds": res.seconds})

@@ -85,9 +85,10 @@ def run_quickstart(out: Path | None = None, *, methods: Sequence[str] = QUICK_ME
                                                        train.info.image_size).encoder),
                           ("raw-pixels", RawPixels())):
         tags = {**identity_tags(first, device), "method": name, "recipe": "baseline",
-                "augment": "none", "epochs": "0"}
+                "augment": "none", "epochs": "0", "batch_size": "0"}
         if name == "raw-pixels":
             tags["backbone"] = "none"
+        tags["config_hash"] = f"baseline-{name}-{tags['backbone']}-s{seed}"
         run_id = _log_baseline(tracking, tags, name, first)
         print(f"[{name}] evaluating")
         evaluate(encoder, tags, run_id)
@@ -118,9 +119,9 @@ def run_quickstart(out: Path | None = None, *, methods: Sequence[str] = QUICK_ME
 def _log_baseline(tracking: Tracking | None, tags: dict[str, str], name: str, cfg: object) -> str | None:
     if tracking is None:
         return None
-    from sslbench.results.tracking import TrackedRun
+    from sslbench.results.tracking import TrackedRun, pretrain_run_name
 
-    run_name = f"pretrain/{name}/{tags['dataset']}/b0/s{tags['seed']}"
+    run_name = pretrain_run_name(name, tags["dataset"], 0, int(tags["seed"]))
     with TrackedRun(run_name=run_name, tags=tags, experiment=tracking.experiment,
                     tracking_uri=tracking.uri) as run:
         run.log_params({"baseline": name, "backbone": tags["backbone"]})
