@@ -71,15 +71,19 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from sslbench.benchmark.engine import pretrain
     from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
 
+    from sslbench.protocols.spec import get_protocol
+
     _set_threads(args.threads)
     cfg = _resolve_cfg(args)
+    protocols = [p.strip() for p in args.eval.split(",") if p.strip()]
+    for name in protocols:  # fail before training, not after
+        get_protocol(name)
     out = Path(args.out) if args.out else Path("sslbench-runs") / (
         f"{cfg.recipe}-{cfg.hash()[:8]}-s{cfg.train.seed}")
     print(f"Pretraining {cfg.method} ({cfg.recipe}) on {cfg.data.dataset}; run folder {out}")
     result = pretrain(cfg, out, resume=args.resume, tracking=_tracking(args),
                       progress=not args.no_progress)
     print(f"Checkpoint: {result.checkpoint}")
-    protocols = [p for p in args.eval.split(",") if p.strip()] if args.eval else []
     if protocols:
         train, test = load_eval_splits(cfg.data.dataset, data_dir=cfg.data.data_dir,
                                        image_size=cfg.data.image_size, device=result.device)
@@ -96,7 +100,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sslbench.benchmark.engine import load_encoder, resolve_device
     from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
 
+    from sslbench.protocols.spec import get_protocol
+
     _set_threads(args.threads)
+    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    for name in protocols:
+        get_protocol(name)
     device = resolve_device(args.device)
     encoder, meta = load_encoder(args.checkpoint, map_location=device)
     dataset = args.dataset or meta["dataset"]
@@ -115,7 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sslbench.results.tracking import provenance_tags
 
     tags.update(provenance_tags(str(device)))
-    results = evaluate_and_log(encoder.to(device), protocols=args.protocol.split(","), train=train,
+    results = evaluate_and_log(encoder.to(device), protocols=protocols, train=train,
                                test=test, device=device, parent_run_id=meta.get("mlflow_run_id"),
                                tags=tags, tracking=_tracking(args), progress=not args.no_progress)
     for r in results:

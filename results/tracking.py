@@ -357,8 +357,13 @@ def get_client(uri: str) -> MlflowClient:
     Args:
         uri: a resolved tracking URI (see :func:`resolve_tracking_uri`).
     """
+    import logging
+
     from mlflow import MlflowClient
 
+    # MLflow and alembic announce schema creation/migration at INFO on stderr; not our user's news.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 
