@@ -103,7 +103,7 @@ def run_quickstart(out: Path | None = None, *, methods: Sequence[str] = QUICK_ME
 
     runs = load_runs(tracking_uri=tracking.uri, experiment=tracking.experiment, kind="eval")
     runs = runs[runs["parent_run_id"].isin(run_ids)]
-    agg = aggregate(runs)
+    agg = aggregate(runs, metrics=[m for m in ("top1", "top5") if m in runs.columns])
     paths = write_tables(agg, out, stem="quickstart")
     paths.update({p.suffix.lstrip("."): p for p in plot_method_comparison(runs, out / "quickstart")})
     table = comparison_table(agg)
