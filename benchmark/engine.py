@@ -267,8 +267,11 @@ def _tracked_run(tracking: Tracking | None, cfg: Config, tags: dict[str, str],
                  run_id: str | None) -> contextlib.AbstractContextManager[Any]:
     if tracking is None:
         return contextlib.nullcontext()
-    from sslbench.results.tracking import TrackedRun, pretrain_run_name
+    from sslbench.results.tracking import PROVENANCE_TAGS, TrackedRun, git_commit, pretrain_run_name
 
+    if run_id is not None:  # a resumed run keeps the provenance it started with
+        tags = {k: v for k, v in tags.items() if k not in PROVENANCE_TAGS}
+        tags["resumed_git_commit"] = git_commit()
     name = pretrain_run_name(cfg.method, cfg.data.dataset, cfg.data.batch_size, cfg.train.seed)
     return TrackedRun(run_name=name, tags=tags, experiment=tracking.experiment,
                       tracking_uri=tracking.uri, run_id=run_id)

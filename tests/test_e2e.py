@@ -37,6 +37,7 @@ def test_pretrain_interrupt_resume_evaluate_log_table(tmp_path, capsys):
     run_id = pre.run_id.iloc[0]
     assert pre.status.iloc[0] == "FINISHED" and pre.method.iloc[0] == "simclr"
     assert pre.config_hash.iloc[0] == cfg.hash()
+    assert pre.git_commit.iloc[0] and pre.resumed_git_commit.iloc[0], "resume keeps provenance, adds its own"
     from mlflow.tracking import MlflowClient
 
     history = MlflowClient(uri).get_metric_history(run_id, "train/loss")

@@ -90,6 +90,7 @@ def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.equal(good[k], after[k]) for k in good)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_corrupt_and_foreign_checkpoints_are_rejected(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x80\x04 not a checkpoint")
@@ -126,3 +127,13 @@ def test_load_encoder_roundtrip(tmp_path):
     res.encoder.eval()
     assert torch.equal(encoder(x), res.encoder(x))
     assert meta["backbone"] == "small-cnn" and meta["feature_dim"] == 256
+
+
+def test_bf16_autocast_and_channels_last_paths_run_on_cpu(tmp_path):
+    """The CUDA defaults (bf16 autocast, channels_last) forced on, on CPU: finite, and they
+    change the numbers (so the switches really act)."""
+    fp32 = pretrain(tiny("byol", "train.epochs=1"), tmp_path / "fp32", tracking=None, progress=False)
+    fast = pretrain(tiny("byol", "train.epochs=1", "train.precision=bf16", "train.channels_last=on"),
+                    tmp_path / "bf16", tracking=None, progress=False)
+    assert fast.metrics["final/train_loss"] == fast.metrics["final/train_loss"]  # not NaN
+    assert fast.metrics["final/train_loss"] != fp32.metrics["final/train_loss"]
