@@ -16,6 +16,7 @@ dimension is discovered with a dummy forward pass, never configured.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -63,7 +64,7 @@ def _small_stem_resnet(name: str) -> Callable[[int, int], nn.Module]:
         import timm
 
         model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
-        width = model.conv1.out_channels
+        width = cast(nn.Conv2d, model.conv1).out_channels
         model.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
         return model
@@ -83,7 +84,7 @@ def _timm_model(name: str, in_chans: int, image_size: int) -> nn.Module:
         raise unknown_name("backbone", name, list_backbones(),
                            "Any timm model name also works (`python -c \"import timm; "
                            "print(timm.list_models())\"` lists them).")
-    kwargs = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
     try:  # ViT-style models take the input size; CNNs reject the argument
         return timm.create_model(name, img_size=image_size, **kwargs)
     except TypeError:

@@ -10,13 +10,18 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sslbench.benchmark.errors import SSLBenchError
+
+if TYPE_CHECKING:  # imported lazily at run time, to keep `sslbench --help` fast
+    from sslbench.benchmark.config import Config
+    from sslbench.benchmark.engine import Tracking
 
 EXIT_USER_ERROR = 2
 
 
-def _tracking(args: argparse.Namespace) -> object:
+def _tracking(args: argparse.Namespace) -> Tracking | None:
     from sslbench.benchmark.engine import Tracking
 
     return None if getattr(args, "no_mlflow", False) else Tracking(args.tracking_uri, args.experiment)
@@ -46,7 +51,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_cfg(args: argparse.Namespace) -> object:
+def _resolve_cfg(args: argparse.Namespace) -> Config:
     from sslbench.benchmark.recipes import resolve
     from sslbench.methods import get_method
 
@@ -70,7 +75,6 @@ def _resolve_cfg(args: argparse.Namespace) -> object:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from sslbench.benchmark.engine import pretrain
     from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
-
     from sslbench.protocols.spec import get_protocol
 
     _set_threads(args.threads)
@@ -99,7 +103,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from sslbench.benchmark.engine import load_encoder, resolve_device
     from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
-
     from sslbench.protocols.spec import get_protocol
 
     _set_threads(args.threads)

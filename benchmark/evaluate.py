@@ -17,6 +17,7 @@ from sslbench.benchmark.engine import Tracking
 from sslbench.protocols.run import ProtocolResult, evaluate
 from sslbench.protocols.spec import get_protocol
 
+
 def load_eval_splits(dataset: str, *, data_dir: str | None = None, download: bool = False,
                      image_size: int | None = None, num_workers: int = 2,
                      device: torch.device | str = "cpu") -> tuple[object, object]:

@@ -48,12 +48,11 @@ def run_quickstart(out: Path | None = None, *, methods: Sequence[str] = QUICK_ME
         tracking: where to log.
         progress: show progress bars.
     """
+    from sslbench.benchmark.errors import SSLBenchError
     from sslbench.results.aggregate import aggregate, load_runs
     from sslbench.results.plots import plot_method_comparison
     from sslbench.results.tables import comparison_table, to_markdown, write_tables
     from sslbench.results.tracking import redact_uri, resolve_tracking_uri
-
-    from sslbench.benchmark.errors import SSLBenchError
 
     t_start = time.perf_counter()
     out = out or Path("sslbench-output") / f"quickstart-{datetime.now():%Y%m%d-%H%M%S}"

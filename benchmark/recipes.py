@@ -14,8 +14,14 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sslbench.benchmark.config import (Config, DataConfig, OptimConfig, TrainConfig, apply_overrides,
-                                       parse_override)
+from sslbench.benchmark.config import (
+    Config,
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    apply_overrides,
+    parse_override,
+)
 from sslbench.benchmark.errors import unknown_name
 
 

@@ -95,7 +95,8 @@ class Method(nn.Module):
     def param_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters, with biases and normalisation parameters in a group that gets
         no weight decay and no LARS adaptation (SimCLR, BYOL, MoCo v3 all do this)."""
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue

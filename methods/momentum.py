@@ -38,6 +38,9 @@ class FeatureQueue(nn.Module):
         dim: feature dimension D.
     """
 
+    features: torch.Tensor  # (K, D) buffer
+    ptr: torch.Tensor  # () long buffer: the next slot to overwrite
+
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
         self.register_buffer("features", nn.functional.normalize(torch.randn(size, dim), dim=1))

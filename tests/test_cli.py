@@ -2,7 +2,6 @@
 finished results untouched."""
 
 import pytest
-import torch
 
 from sslbench.benchmark.cli import main
 
