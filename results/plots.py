@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
@@ -110,38 +112,57 @@ def plot_accuracy_vs_batch_size(
     protocols = sorted(data[T.TAG_PROTOCOL].unique())
     methods = _method_order(data[T.TAG_METHOD])
     palette = dict(zip(methods, sns.color_palette(n_colors=len(methods)), strict=True))
+    # Untrained baselines (random-init, raw-pixels: batch size 0) have no batch size: they are
+    # drawn as dashed horizontal reference lines, not as points on the log2 axis.
+    untrained = data[T.TAG_BATCH_SIZE] <= 0
+    baselines, data = data[untrained], data[~untrained]
     batch_sizes = sorted(data[T.TAG_BATCH_SIZE].unique())
 
     fig = Figure(figsize=(4.5 * len(protocols) + 1.5, 4.0), layout="constrained")
     axes = fig.subplots(1, len(protocols), squeeze=False, sharey=True)[0]
     for ax, proto in zip(axes, protocols, strict=True):
-        sns.lineplot(
-            data=data[data[T.TAG_PROTOCOL] == proto],
-            x=T.TAG_BATCH_SIZE,
-            y=metric,
-            hue=T.TAG_METHOD,
-            hue_order=methods,
-            palette=palette,
-            estimator="mean",
-            errorbar=t_ci95,
-            err_style="bars",
-            marker="o",
-            ax=ax,
-        )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(batch_sizes, [str(int(b)) for b in batch_sizes])
+        trained = data[data[T.TAG_PROTOCOL] == proto]
+        if not trained.empty:  # a protocol may hold baselines only
+            _lineplot(trained, metric, methods, palette, ax)
+        for method, rows in baselines[baselines[T.TAG_PROTOCOL] == proto].groupby(T.TAG_METHOD):
+            ax.axhline(float(rows[metric].mean()), ls="--", lw=1.2, color=palette[str(method)],
+                       label=f"{method} (no training)")
+        if batch_sizes:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(batch_sizes, [str(int(b)) for b in batch_sizes])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_title(proto)
         ax.set_xlabel("batch size")
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(alpha=0.3)
-        if ax is not axes[-1] and ax.get_legend() is not None:
+        if ax is axes[-1]:
+            ax.legend(title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        elif ax.get_legend() is not None:
             ax.get_legend().remove()
     fig.suptitle(
         f"{metric} vs batch size — {', '.join(protocols)} — mean ± 95% t-CI over seeds "
-        f"({_seed_counts(data, keys)} per point)"
+        f"({_seed_counts(pd.concat([data, baselines]), keys)} per point)"
     )
     return _save(fig, out_prefix)
+
+
+def _lineplot(trained: pd.DataFrame, metric: str, methods: list[str], palette: dict[str, Any],
+              ax: Axes) -> None:
+    """Mean over seeds per (method, batch size), with 95 % t-interval bars."""
+    present = set(trained[T.TAG_METHOD])
+    sns.lineplot(
+        data=trained,
+        x=T.TAG_BATCH_SIZE,
+        y=metric,
+        hue=T.TAG_METHOD,
+        hue_order=[m for m in methods if m in present],
+        palette=palette,
+        estimator="mean",
+        errorbar=t_ci95,
+        err_style="bars",
+        marker="o",
+        ax=ax,
+    )
 
 
 def plot_method_comparison(
