@@ -257,8 +257,11 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             save_checkpoint(ckpt_path, _state(cfg, method, optimizer, 0, 0, run_id, history, info,
                                               image_size, 0.0))
         final = _final_metrics(history, elapsed + time.perf_counter() - wall0)
-        if run is not None and done:
-            run.log_metrics(final)
+        if run is not None:
+            if done:
+                run.log_metrics(final)
+            else:  # stopped early (preemption): not finished until a resume completes it
+                run.end_status = "KILLED"
     method.encoder.eval()
     return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id, final, device, tags)
 

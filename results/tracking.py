@@ -440,7 +440,8 @@ class TrackedRun:
     MLflow call becomes an :class:`SSLBenchError` with the credentials stripped from its text.
 
     On exit the run is FINISHED, FAILED when an exception escaped, or KILLED on
-    ``KeyboardInterrupt``; the exception always propagates.
+    ``KeyboardInterrupt``; the exception always propagates. Setting :attr:`end_status` (e.g.
+    ``"KILLED"`` for a training stopped before its last epoch, to be resumed) overrides FINISHED.
 
     Args:
         run_name: e.g. :func:`pretrain_run_name` (ignored when resuming).
@@ -478,6 +479,8 @@ class TrackedRun:
         self._client: MlflowClient | None = None
         self._uri = ""
         self._params: dict[str, str] | None = None  # params already on the run, fetched lazily
+        #: status on a clean exit instead of FINISHED (e.g. "KILLED" for a preempted training)
+        self.end_status: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -521,7 +524,7 @@ class TrackedRun:
         if self._client is None or self._run_id is None:
             return
         if exc_type is None:
-            status = "FINISHED"
+            status = self.end_status or "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):
             status = "KILLED"
         else:

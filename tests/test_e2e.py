@@ -23,6 +23,8 @@ def test_pretrain_interrupt_resume_evaluate_log_table(tmp_path, capsys):
 
     cfg = resolve("simclr-quick", TINY)
     pretrain(cfg, out, tracking=Tracking(uri), progress=False, stop_after_epochs=1)
+    stopped = load_runs(tracking_uri=uri, kind="pretrain", finished_only=False)
+    assert stopped.status.tolist() == ["KILLED"], "a preempted training is not FINISHED"
     # 2. ... resumed from the CLI, then evaluated
     argv = ["pretrain", "--recipe", "simclr-quick", "--out", str(out), "--resume", "--no-progress",
             "--tracking-uri", uri, "--eval", "knn-k200-t0.1,knn-k20-t0.07,linear"]
