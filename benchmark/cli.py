@@ -33,6 +33,16 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default="sslbench", help="MLflow experiment (default: sslbench)")
 
 
+def _protocol_names(text: str) -> list[str]:
+    """Comma-separated protocol names, each checked against the registry (UnknownNameError)."""
+    from sslbench.protocols.spec import get_protocol
+
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    for name in names:
+        get_protocol(name)
+    return names
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -75,13 +85,10 @@ def _resolve_cfg(args: argparse.Namespace) -> Config:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from sslbench.benchmark.engine import pretrain
     from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
-    from sslbench.protocols.spec import get_protocol
 
     _set_threads(args.threads)
     cfg = _resolve_cfg(args)
-    protocols = [p.strip() for p in args.eval.split(",") if p.strip()]
-    for name in protocols:  # fail before training, not after
-        get_protocol(name)
+    protocols = _protocol_names(args.eval)  # fail before training, not after
     out = Path(args.out) if args.out else Path("sslbench-runs") / (
         f"{cfg.recipe}-{cfg.hash()[:8]}-s{cfg.train.seed}")
     print(f"Pretraining {cfg.method} ({cfg.recipe}) on {cfg.data.dataset}; run folder {out}")
@@ -101,14 +108,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sslbench.benchmark.engine import load_encoder, resolve_device
+    from sslbench.benchmark.config import config_from_dict
+    from sslbench.benchmark.engine import identity_tags, load_encoder, resolve_device
     from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
-    from sslbench.protocols.spec import get_protocol
 
     _set_threads(args.threads)
-    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
-    for name in protocols:
-        get_protocol(name)
+    protocols = _protocol_names(args.protocol)
     device = resolve_device(args.device)
     encoder, meta = load_encoder(args.checkpoint, map_location=device)
     dataset = args.dataset or meta["dataset"]
@@ -118,15 +123,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise SSLBenchError(
             f"The encoder takes {meta['in_chans']}-channel images but '{dataset}' has "
             f"{train.info.channels}.", "Evaluate on a dataset with the same number of channels.")
-    cfg = meta.get("config") or {}
-    tags = {"method": cfg.get("method", "unknown"), "recipe": cfg.get("recipe", "unknown"),
-            "dataset": meta["dataset"], "backbone": meta["backbone"],
-            "batch_size": str(cfg.get("data", {}).get("batch_size", "")),
-            "epochs": str(meta.get("epoch", "")), "seed": str(cfg.get("train", {}).get("seed", "")),
-            "augment": cfg.get("augment", "")}
-    from sslbench.results.tracking import provenance_tags
-
-    tags.update(provenance_tags(str(device)))
+    # The same identity tags as the pretraining run (config hash included), from the stored config.
+    tags = identity_tags(config_from_dict(meta["config"]), device)
     results = evaluate_and_log(encoder.to(device), protocols=protocols, train=train,
                                test=test, device=device, parent_run_id=meta.get("mlflow_run_id"),
                                tags=tags, tracking=_tracking(args), progress=not args.no_progress)

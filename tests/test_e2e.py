@@ -67,6 +67,7 @@ def test_pretrain_interrupt_resume_evaluate_log_table(tmp_path, capsys):
                  "--tracking-uri", uri, "--no-progress"]) == 0
     evals = load_runs(tracking_uri=uri, kind="eval")
     assert len(evals) == 4 and (evals.parent_run_id == run_id).all()
+    assert (evals.config_hash == cfg.hash()).all(), "evaluations from `sslbench eval` carry the config hash"
 
 
 def test_quickstart_runs_and_writes_its_outputs(tmp_path, capsys):
