@@ -206,8 +206,9 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(_json(cfg.to_dict()))
 
-        last = stop_after_epochs if stop_after_epochs is not None else cfg.train.epochs
-        for epoch in range(start_epoch, min(last, cfg.train.epochs)):
+        stop = min(stop_after_epochs if stop_after_epochs is not None else cfg.train.epochs,
+                   cfg.train.epochs)
+        for epoch in range(start_epoch, stop):
             shuffle_gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch, 0))
             aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(cfg.train.seed, epoch, 1))
             method.train()
@@ -252,7 +253,7 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             if run is not None:  # after the checkpoint: a logged epoch is always a saved epoch
                 run.log_metrics(metrics, step=epoch + 1)
 
-        done = min(last, cfg.train.epochs) >= cfg.train.epochs
+        done = stop >= cfg.train.epochs
         if not ckpt_path.exists():  # epochs == 0: the random-init encoder, saved for the record
             save_checkpoint(ckpt_path, _state(cfg, method, optimizer, 0, 0, run_id, history, info,
                                               image_size, 0.0))
