@@ -17,6 +17,7 @@ from sslbench.benchmark.errors import SSLBenchError
 if TYPE_CHECKING:  # imported lazily at run time, to keep `sslbench --help` fast
     from sslbench.benchmark.config import Config
     from sslbench.benchmark.engine import Tracking
+    from sslbench.benchmark.sweep import SweepSpec
 
 EXIT_USER_ERROR = 2
 
@@ -95,7 +96,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     result = pretrain(cfg, out, resume=args.resume, tracking=_tracking(args),
                       progress=not args.no_progress)
     print(f"Checkpoint: {result.checkpoint}")
-    if protocols:
+    if protocols and result.is_main:  # data-parallel: rank 0 evaluates
         train, test = load_eval_splits(cfg.data.dataset, data_dir=cfg.data.data_dir,
                                        image_size=cfg.data.image_size, device=result.device)
         results = evaluate_and_log(result.encoder, protocols=protocols, train=train, test=test,
@@ -154,6 +155,60 @@ def cmd_results(args: argparse.Namespace) -> int:
         paths = plot_accuracy_vs_batch_size(runs, out / args.stem, protocol=args.protocol,
                                             metric=args.metric)
         print(f"Wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _sweep_spec(args: argparse.Namespace) -> SweepSpec:
+    """The sweep from FILE, or from the CLI form (--recipe, --axis, --set, --protocols)."""
+    import dataclasses
+
+    from sslbench.benchmark.sweep import load_sweep, parse_cli_axes, sweep_from_dict
+
+    if args.file:
+        if args.recipe or args.axis:
+            raise SSLBenchError("A sweep FILE and --recipe/--axis were both given.",
+                                "Use one: the file, or the command-line form.")
+        spec = load_sweep(args.file)
+    else:
+        if not args.recipe:
+            raise SSLBenchError("No sweep file and no --recipe.",
+                                "Pass FILE, or --recipe NAME with --axis key=v1,v2 (repeatable).")
+        axes, fixed = parse_cli_axes(args.axis, args.set)
+        raw: dict[str, object] = {"name": args.name, "recipe": args.recipe, "axes": axes,
+                                  "set": fixed, "protocols": _protocol_names(args.protocols)}
+        if args.out:
+            raw["out"] = args.out
+        spec = sweep_from_dict(raw, source=f"--name {args.name}")
+    if args.tracking_uri or args.experiment:
+        spec = dataclasses.replace(spec, tracking_uri=args.tracking_uri or spec.tracking_uri,
+                                   experiment=args.experiment or spec.experiment)
+    if args.slurm:
+        from sslbench.benchmark.config import parse_override
+        from sslbench.benchmark.sweep import SlurmSettings, _settings
+
+        merged = {**{f.name: getattr(spec.slurm, f.name) for f in dataclasses.fields(SlurmSettings)},
+                  **dict(map(parse_override, args.slurm))}
+        merged["setup"] = list(merged["setup"]) if not isinstance(merged["setup"], str) else [merged["setup"]]
+        merged["additional"] = dict(merged["additional"])
+        spec = dataclasses.replace(spec, slurm=_settings(SlurmSettings, merged, "slurm", "--slurm"))
+    return spec
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sslbench.benchmark import sweep_run
+
+    spec = _sweep_spec(args)
+    if args.action == "plan":
+        print(sweep_run.plan(spec))
+    elif args.action == "status":
+        print(sweep_run.status_text(spec))
+    else:
+        _set_threads(args.threads)
+        report = sweep_run.run(spec, args.executor, workers=args.workers, wait=args.wait)
+        if report.failed:
+            print(f"{len(report.failed)} cell(s) failed; `sslbench sweep status` shows why.",
+                  file=sys.stderr)
+            return 1
     return 0
 
 
@@ -268,6 +323,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config of a recipe + overrides")
     _add_run_options(p)
     p.set_defaults(fn=cmd_config)
+
+    p = sub.add_parser("sweep", help="plan, run and follow a grid of runs (locally or on SLURM)",
+                       description="A sweep is a base recipe plus axes (README: Running sweeps). "
+                                   "Give a FILE (.toml/.yaml) or the command-line form.")
+    p.add_argument("action", choices=("plan", "run", "status"))
+    p.add_argument("file", nargs="?", help="sweep file (.toml or .yaml)")
+    p.add_argument("--recipe", help="CLI form: the base recipe")
+    p.add_argument("--axis", action="append", default=[], metavar="KEY=V1,V2",
+                   help="CLI form: an axis, e.g. --axis method=simclr,byol --axis batch_size=64,128")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="CLI form: a fixed override for every cell")
+    p.add_argument("--protocols", default="", help="CLI form: protocols after each pretraining")
+    p.add_argument("--name", default="cli-sweep", help="CLI form: the sweep's name")
+    p.add_argument("--out", help="CLI form: the sweep folder (default sslbench-sweeps/<name>)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--workers", type=int, help="local: cells at once (subprocesses when > 1)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a [slurm] setting, e.g. --slurm partition=gpu --slurm time_min=30")
+    p.add_argument("--wait", action="store_true", help="slurm: wait until the jobs have left the queue")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides the file)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (overrides the file)")
+    p.set_defaults(fn=cmd_sweep)
 
     for name in ("methods", "recipes", "datasets", "protocols", "augmentations", "backbones"):
         sub.add_parser(name, help=f"list {name}").set_defaults(fn=cmd_list)

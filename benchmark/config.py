@@ -37,7 +37,9 @@ class DataConfig:
         dataset: a registered dataset name (``sslbench datasets`` lists them).
         data_dir: where the dataset lives (not needed for the embedded data).
         download: allow torchvision to download the dataset (off: nothing downloads by itself).
-        batch_size: images per optimisation step (per process).
+        batch_size: images per optimisation step over all processes (the global batch: with W
+            data-parallel processes each takes ``batch_size / W``, so the config, its hash and
+            the scaled learning rate do not depend on the number of GPUs).
         image_size: override the dataset's native image size (folder datasets).
         num_workers: decode workers for folder datasets.
     """
@@ -172,13 +174,26 @@ class Config:
 
 @dataclass(frozen=True)
 class Derived:
-    """Values computed once from a config and the dataset size; logged with every run."""
+    """Values computed once from a config, the dataset size and the number of processes;
+    logged with every run.
+
+    Attributes:
+        lr: peak learning rate, scaled by the global batch.
+        steps_per_epoch: optimisation steps per epoch (full global batches).
+        total_steps: steps in the whole run.
+        warmup_steps: linear warm-up steps.
+        final_lr: learning rate at the end of the cosine.
+        world_size: data-parallel processes (GPUs).
+        batch_per_rank: images each process takes from every global batch.
+    """
 
     lr: float
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
     final_lr: float
+    world_size: int
+    batch_per_rank: int
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,12 +208,27 @@ def scaled_lr(optim: OptimConfig, batch_size: int) -> float:
     return optim.base_lr
 
 
-def derive(cfg: Config, num_train: int) -> Derived:
-    """Computes the derived training quantities (learning rate, step counts).
+def derive(cfg: Config, num_train: int, world_size: int = 1) -> Derived:
+    """Computes the derived training quantities (learning rate, step counts, per-rank batch).
+
+    Args:
+        cfg: the resolved config (``data.batch_size`` is the global batch).
+        num_train: images in the training split.
+        world_size: data-parallel processes.
 
     Raises:
-        ConfigError: the batch is larger than the training split.
+        ConfigError: the batch is larger than the training split, or does not split evenly
+            over ``world_size`` processes.
     """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if cfg.data.batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} (the global batch) does not split evenly "
+            f"over {world_size} processes.",
+            f"Use a multiple of {world_size} (e.g. {max(1, cfg.data.batch_size // world_size) * world_size}) "
+            "or another number of GPUs.",
+        )
     steps_per_epoch = num_train // cfg.data.batch_size
     if steps_per_epoch == 0 and cfg.train.epochs > 0:
         raise ConfigError(
@@ -213,6 +243,8 @@ def derive(cfg: Config, num_train: int) -> Derived:
         total_steps=steps_per_epoch * cfg.train.epochs,
         warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
         final_lr=lr * cfg.optim.final_lr_ratio,
+        world_size=world_size,
+        batch_per_rank=cfg.data.batch_size // world_size,
     )
 
 

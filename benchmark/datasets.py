@@ -128,6 +128,34 @@ def _epoch_order(n: int, shuffle: bool, generator: torch.Generator | None) -> to
     return torch.arange(n)
 
 
+def _shard_order(
+    order: torch.Tensor, batch_size: int, drop_last: bool, rank: int, world_size: int
+) -> tuple[torch.Tensor, int]:
+    """This rank's part of an epoch order: its contiguous slice of every global batch.
+
+    Global batch ``b`` is ``order[b * B : (b + 1) * B]``; rank ``r`` of ``W`` takes its rows
+    ``r * B / W : (r + 1) * B / W``. The ranks' slices of one batch, concatenated in rank
+    order, are that batch.
+
+    Returns:
+        The rank's order and its batch size ``B / W`` (``order`` and ``B`` for one process).
+
+    Shape:
+        order: (N,); returns (N // B * B / W,) for W > 1.
+    """
+    if world_size == 1 and rank == 0:
+        return order, batch_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank {rank}, world_size {world_size}")
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} does not split evenly over {world_size} ranks")
+    if not drop_last:
+        raise ValueError("a batch split over ranks needs drop_last=True (a short final batch "
+                         "cannot be split evenly)")
+    local, num = batch_size // world_size, len(order) // batch_size
+    return order[: num * batch_size].view(num, world_size, local)[:, rank].reshape(-1), local
+
+
 # ----------------------------------------------------------------------------------------------
 # In-memory splits
 
@@ -209,19 +237,26 @@ class ArrayDataset:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Iterator[Batch]:
         """Yields one epoch of batches by indexing the in-memory tensors (no per-image loop).
 
         Args:
-            batch_size: images per batch.
+            batch_size: images per batch (over all ranks).
             shuffle: visit the images in the order ``torch.randperm(N, generator=generator)``
                 (drawn on the CPU, then moved to the data's device); otherwise in order.
             generator: a CPU generator; the same generator state gives the same order.
             drop_last: leave out the final batch when it is smaller than ``batch_size``.
+            rank: with ``world_size > 1``, yield only this rank's contiguous slice of each
+                batch (``batch_size / world_size`` images). All ranks must pass the same
+                generator state, so that they slice the same batches; needs ``drop_last``.
+            world_size: number of data-parallel ranks sharing each batch.
         """
         _check_batch_args(batch_size, generator)
-        order = _epoch_order(len(self), shuffle, generator).to(self.device)
-        return self._iterate(order, batch_size, drop_last)
+        order = _epoch_order(len(self), shuffle, generator)
+        order, batch_size = _shard_order(order, batch_size, drop_last, rank, world_size)
+        return self._iterate(order.to(self.device), batch_size, drop_last)
 
     def _iterate(self, order: torch.Tensor, batch_size: int, drop_last: bool) -> Iterator[Batch]:
         stop = self.num_batches(batch_size, drop_last) * batch_size
@@ -358,11 +393,16 @@ class FolderDataset:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Iterator[Batch]:
-        """Yields one epoch of decoded batches; same arguments as :meth:`ArrayDataset.batches`."""
+        """Yields one epoch of decoded batches; same arguments as :meth:`ArrayDataset.batches`
+        (with ``world_size > 1`` each rank decodes only its own slices)."""
         _check_batch_args(batch_size, generator)
+        order = _epoch_order(len(self), shuffle, generator)
+        order, batch_size = _shard_order(order, batch_size, drop_last, rank, world_size)
         loader, sampler = self._loader(batch_size, drop_last)
-        sampler.order = _epoch_order(len(self), shuffle, generator).tolist()
+        sampler.order = order.tolist()
         return self._iterate(loader)
 
     def _loader(self, batch_size: int, drop_last: bool) -> tuple[DataLoader[_Item], _OrderSampler]:

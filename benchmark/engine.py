@@ -3,8 +3,9 @@
 Read top to bottom: schedules -> augmentation -> forward under autocast -> finite-loss check ->
 backward -> step -> ``on_step_end``; an atomic checkpoint after every epoch, then the epoch's
 metrics to MLflow. All randomness after model initialisation is drawn from generators seeded
-by ``(seed, epoch)``, so a run resumed from an epoch checkpoint continues exactly as an
-uninterrupted one would (bit-identical weights on CPU).
+by ``(seed, epoch)`` (and the rank, for augmentation under data parallelism), so a run resumed
+from an epoch checkpoint continues exactly as an uninterrupted one would (bit-identical weights
+on CPU).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -25,10 +26,21 @@ from sslbench.benchmark.backbones import build_backbone
 from sslbench.benchmark.checkpoint import load_checkpoint, save_checkpoint
 from sslbench.benchmark.config import Config, Derived, derive
 from sslbench.benchmark.datasets import ArrayDataset, load_dataset
+from sslbench.benchmark.distributed import (
+    DistEnv,
+    barrier,
+    init_distributed,
+    mean_over_ranks,
+    rank_device,
+    read_dist_env,
+    teardown,
+    wrap_ddp,
+)
 from sslbench.benchmark.errors import CheckpointError, ConfigError, NonFiniteLossError, SSLBenchError
 from sslbench.benchmark.optim import build_optimizer, set_lr
 from sslbench.benchmark.schedules import warmup_cosine
 from sslbench.methods import Method, get_method
+from sslbench.results.tracking import METRIC_FINAL_WALL_TIME_S, TAG_RUN_DIR
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -55,6 +67,8 @@ class PretrainResult:
         metrics: final metrics (loss, wall time, images/s).
         device: where it trained.
         tags: the identity tags, copied onto evaluation runs.
+        is_main: this process is rank 0 (the one that wrote the checkpoint and the MLflow run;
+            evaluate there only). Always True for one process.
     """
 
     run_dir: Path
@@ -66,6 +80,7 @@ class PretrainResult:
     metrics: dict[str, float]
     device: torch.device
     tags: dict[str, str]
+    is_main: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,9 +97,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """A distinct, reproducible seed per (run seed, epoch, random stream)."""
-    return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729) % (2**63 - 1)
+def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
+    """A distinct, reproducible seed per (run seed, epoch, random stream, data-parallel rank)."""
+    return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729 + rank * 15_485_863) % (2**63 - 1)
 
 
 def build_method(cfg: Config, in_chans: int, image_size: int) -> Method:
@@ -128,7 +143,8 @@ def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Iterator[A
 
 def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
              tracking: Tracking | None = Tracking(), progress: bool = True,
-             stop_after_epochs: int | None = None) -> PretrainResult:
+             stop_after_epochs: int | None = None, run_id: str | None = None,
+             extra_tags: dict[str, str] | None = None) -> PretrainResult:
     """Pretrains ``cfg.method`` and returns its encoder.
 
     Args:
@@ -139,12 +155,37 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
         progress: show tqdm bars.
         stop_after_epochs: stop after this many completed epochs, as a preempted job would
             (the checkpoint lets ``resume=True`` finish the run).
+        run_id: log into this existing MLflow run when no checkpoint names one (a sweep cell
+            whose job died before its first checkpoint goes on in the run it had created).
+        extra_tags: more tags for the pretraining run (e.g. the sweep and cell it belongs to).
 
     Raises:
         SSLBenchError: bad config, missing data, a checkpoint that is corrupt or from another
             config, an existing run without ``resume``, a non-finite loss.
+
+    Data parallelism: started as W processes (torchrun, or SLURM tasks; see
+    ``benchmark/distributed.py``), every rank calls this function with the same arguments
+    (``run_dir`` on a shared file system). ``data.batch_size`` stays the global batch: all ranks
+    draw the same shuffle, each trains on its contiguous ``batch_size / W`` slice of every global
+    batch (augmented with its own generator), and DDP averages the gradients. Batch norm is
+    synchronised on CUDA (SyncBatchNorm); on CPU (gloo) each rank normalises with its own
+    slice's statistics. Only rank 0 writes config.json, checkpoints and MLflow.
     """
-    run_dir = Path(run_dir)
+    env = read_dist_env()
+    device = rank_device(resolve_device(cfg.train.device), env)
+    owns_group = init_distributed(env, device)
+    try:
+        return _pretrain(cfg, Path(run_dir), env, device, resume=resume, tracking=tracking,
+                         progress=progress, stop_after_epochs=stop_after_epochs, run_id=run_id,
+                         extra_tags=extra_tags)
+    finally:
+        if owns_group:
+            teardown()
+
+
+def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *, resume: bool,
+              tracking: Tracking | None, progress: bool, stop_after_epochs: int | None,
+              run_id: str | None, extra_tags: dict[str, str] | None) -> PretrainResult:
     ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
     if ckpt_path.exists() and not resume:
         raise SSLBenchError(
@@ -152,7 +193,6 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             "Pass --resume to continue (or reuse) it, or choose another --out folder; sslbench "
             "never overwrites finished results.",
         )
-    device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 
@@ -164,6 +204,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     info = train.info
     image_size = cfg.data.image_size or info.image_size
     method = build_method(cfg, info.channels, image_size).to(device)
+    if env.distributed and device.type == "cuda":  # global BN statistics (no SyncBN on CPU)
+        method = cast(Method, nn.SyncBatchNorm.convert_sync_batchnorm(method))
     channels_last = _channels_last(cfg, device)
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
@@ -173,10 +215,10 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             f"Augmentation '{cfg.augment}' makes {len(aug_recipe.views)} view(s) but "
             f"'{cfg.method}' needs {method.num_views}.", "Pick a recipe with enough views.")
     augment = BatchAugment(aug_recipe, info.mean, info.std, image_size)
-    derived = derive(cfg, len(train))
+    derived = derive(cfg, len(train), env.world_size)
     optimizer = build_optimizer(method.param_groups(), cfg.optim, derived.lr)
 
-    start_epoch, step, run_id, history, elapsed = 0, 0, None, [], 0.0
+    start_epoch, step, history, elapsed = 0, 0, [], 0.0
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
         _check_resumable(state, cfg, ckpt_path)
@@ -188,35 +230,55 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                 f"Checkpoint '{ckpt_path}' does not fit the model built from its config "
                 f"({str(exc).splitlines()[0][:160]}).", "Start a fresh run in another folder.",
             ) from None
-        start_epoch, step, run_id = state["epoch"], state["global_step"], state.get("mlflow_run_id")
+        start_epoch, step = state["epoch"], state["global_step"]
+        run_id = state.get("mlflow_run_id") or run_id
         history, elapsed = list(state.get("history", [])), float(state.get("wall_time_s", 0.0))
-        if state.get("finished"):  # nothing left to do: never re-train or re-log a finished run
+        # Nothing left to do: never re-train or re-log a finished run. (A job killed after its
+        # last checkpoint but before MLflow heard the end goes on below, training nothing, to
+        # log the missing epochs and final metrics and mark the run FINISHED.)
+        if state.get("finished") and not _tracking_unfinished(tracking, run_id, env.is_main):
             method.encoder.eval()
             return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id,
-                                  _final_metrics(history, elapsed), device, identity_tags(cfg, device))
+                                  _final_metrics(history, elapsed), device, identity_tags(cfg, device),
+                                  env.is_main)
 
+    # The engine calls `model` (DDP's gradient averaging under data parallelism); the per-step
+    # hook and the checkpoints use the unwrapped `method`.
+    model = wrap_ddp(method, device) if env.distributed else method
     tags = identity_tags(cfg, device)
-    run_ctx = _tracked_run(tracking, cfg, tags, run_id)
+    run_tags = {**tags, **(extra_tags or {}), TAG_RUN_DIR: str(run_dir.resolve())}
+    run_ctx = _tracked_run(tracking if env.is_main else None, cfg, run_tags, run_id)
     wall0 = time.perf_counter()
     with run_ctx as run:
         run_id = run.run_id if run is not None else None
-        if run is not None and start_epoch == 0:
+        if run is not None:
+            # Params are idempotent (TrackedRun skips equal values), so a run resumed before its
+            # first checkpoint, or re-attached by a sweep, logs its config exactly once.
             run.log_params({**cfg.to_dict(), "derived": derived.to_dict()})
-            run.log_dict(cfg.to_dict(), "config.json")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(_json(cfg.to_dict()))
+            if start_epoch == 0:
+                run.log_dict(cfg.to_dict(), "config.json")
+            # A job killed between an epoch's checkpoint and its metrics leaves that epoch
+            # unlogged: log what the checkpoint's history has and MLflow lacks, never twice.
+            logged = run.metric_steps("train/loss") if start_epoch else set()
+            for h in history:
+                if int(h["epoch"]) not in logged:
+                    run.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]))
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(_json(cfg.to_dict()))
 
         stop = min(stop_after_epochs if stop_after_epochs is not None else cfg.train.epochs,
                    cfg.train.epochs)
         for epoch in range(start_epoch, stop):
             shuffle_gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch, 0))
-            aug_gen = torch.Generator(device=device).manual_seed(epoch_seed(cfg.train.seed, epoch, 1))
+            aug_seed = epoch_seed(cfg.train.seed, epoch, 1, env.rank)  # own augmentations per rank
+            aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
             method.train()
             t0, loss_sum, hook_logs = time.perf_counter(), 0.0, {}
             batches = train.batches(cfg.data.batch_size, shuffle=True, generator=shuffle_gen,
-                                    drop_last=True)
+                                    drop_last=True, rank=env.rank, world_size=env.world_size)
             desc = f"{cfg.method} epoch {epoch + 1}/{cfg.train.epochs}"
-            for batch in _progress(batches, derived.steps_per_epoch, desc, progress):
+            for batch in _progress(batches, derived.steps_per_epoch, desc, progress and env.is_main):
                 lr = warmup_cosine(step, derived.total_steps, derived.warmup_steps, derived.lr,
                                    derived.final_lr)
                 set_lr(optimizer, lr)
@@ -224,8 +286,9 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
                 if channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                 with _autocast(device, cfg.train.precision):
-                    out = method.training_step(views)
-                loss = out.loss.float().item()
+                    out = model(views)
+                # The mean over ranks: the logged loss, and every rank stops on a non-finite one.
+                loss = mean_over_ranks(out.loss.detach().float()).item()
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
                         f"The training loss of '{cfg.method}' became {loss} at step {step} "
@@ -243,28 +306,31 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             metrics = {
                 "train/loss": loss_sum / max(1, derived.steps_per_epoch),
                 "train/lr": lr if derived.steps_per_epoch else 0.0,
-                "train/images_per_s": derived.steps_per_epoch * cfg.data.batch_size / seconds,
+                "train/images_per_s": derived.steps_per_epoch * cfg.data.batch_size / seconds,  # all ranks
                 "train/epoch_time_s": seconds,
                 **{f"train/{k}": float(v) for k, v in hook_logs.items()},
             }
             history.append({"epoch": epoch + 1, **metrics})
-            save_checkpoint(ckpt_path, _state(cfg, method, optimizer, epoch + 1, step, run_id, history,
-                                              info, image_size, elapsed + time.perf_counter() - wall0))
+            if env.is_main:
+                save_checkpoint(ckpt_path, _state(cfg, method, optimizer, epoch + 1, step, run_id, history,
+                                                  info, image_size, elapsed + time.perf_counter() - wall0))
             if run is not None:  # after the checkpoint: a logged epoch is always a saved epoch
                 run.log_metrics(metrics, step=epoch + 1)
 
         done = stop >= cfg.train.epochs
-        if not ckpt_path.exists():  # epochs == 0: the random-init encoder, saved for the record
+        if env.is_main and not ckpt_path.exists():  # epochs == 0: the random-init encoder, saved
             save_checkpoint(ckpt_path, _state(cfg, method, optimizer, 0, 0, run_id, history, info,
                                               image_size, 0.0))
         final = _final_metrics(history, elapsed + time.perf_counter() - wall0)
         if run is not None:
-            if done:
+            if done and not run.metric_steps(METRIC_FINAL_WALL_TIME_S):
                 run.log_metrics(final)
             else:  # stopped early (preemption): not finished until a resume completes it
                 run.end_status = "KILLED"
+    barrier()  # no rank returns before rank 0's checkpoint exists
     method.encoder.eval()
-    return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id, final, device, tags)
+    return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id, final, device, tags,
+                          env.is_main)
 
 
 def _tracked_run(tracking: Tracking | None, cfg: Config, tags: dict[str, str],
@@ -279,6 +345,15 @@ def _tracked_run(tracking: Tracking | None, cfg: Config, tags: dict[str, str],
     name = pretrain_run_name(cfg.method, cfg.data.dataset, cfg.data.batch_size, cfg.train.seed)
     return TrackedRun(run_name=name, tags=tags, experiment=tracking.experiment,
                       tracking_uri=tracking.uri, run_id=run_id)
+
+
+def _tracking_unfinished(tracking: Tracking | None, run_id: str | None, is_main: bool) -> bool:
+    """Whether the MLflow run of a finished checkpoint was left unfinished (job killed at its end)."""
+    if tracking is None or run_id is None or not is_main:
+        return False
+    from sslbench.results.tracking import run_status
+
+    return run_status(run_id, tracking_uri=tracking.uri) != "FINISHED"
 
 
 def _final_metrics(history: list[dict[str, float]], wall: float) -> dict[str, float]:

@@ -33,7 +33,8 @@ def load_eval_splits(dataset: str, *, data_dir: str | None = None, download: boo
 def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: object, test: object,
                      device: torch.device | str, parent_run_id: str | None,
                      tags: Mapping[str, str], tracking: Tracking | None,
-                     progress: bool = True) -> list[ProtocolResult]:
+                     progress: bool = True,
+                     resume_run_ids: Mapping[str, str] | None = None) -> list[ProtocolResult]:
     """Evaluates ``encoder`` under each named protocol and logs one child run per protocol.
 
     Args:
@@ -45,6 +46,8 @@ def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: obj
         tags: the pretraining run's identity tags.
         tracking: where to log (None: don't).
         progress: show tqdm bars.
+        resume_run_ids: protocol name -> an unfinished evaluation run to log into instead of
+            creating one (a sweep re-running a cell whose evaluation was killed).
     """
     specs = [get_protocol(name) for name in protocols]
     results = evaluate(encoder, train, test, specs, device=device, progress=progress)
@@ -60,7 +63,8 @@ def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: obj
                       "protocol_spec": json.dumps(spec.to_dict(), sort_keys=True),
                       "eval_dataset": res.eval_dataset}
         with TrackedRun(run_name=eval_run_name(spec.name), tags=child_tags, experiment=tracking.experiment,
-                        tracking_uri=tracking.uri, parent_run_id=parent_run_id) as run:
+                        tracking_uri=tracking.uri, parent_run_id=parent_run_id,
+                        run_id=(resume_run_ids or {}).get(spec.name)) as run:
             run.log_params(res.params)
             run.log_metrics({**res.metrics, "eval_seconds": res.seconds})
     return results

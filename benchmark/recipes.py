@@ -90,6 +90,13 @@ def resolve(recipe: str, overrides: Iterable[str] | Mapping[str, object] = ()) -
 # Quick recipes: the embedded dataset on a CPU (sslbench's own settings, see MEASURED.md).
 # ---------------------------------------------------------------------------------------------
 
+# data.batch_size is the global batch on any number of GPUs (the config hash ignores the GPU
+# count), so SimCLR recipes contrast against the whole global batch: the same hash then means the
+# same 2B - 2 negatives per anchor whether the cell runs on 1 GPU or 8.
+_SIMCLR_GLOBAL_NEGATIVES = ("Chen et al. 2020 §2.2: the 2(N - 1) other views of the (global) "
+                            "batch are the negatives; the official TPU code gathers them from all "
+                            "cores (tpu_cross_replica_concat)")
+
 _QUICK_DATA = DataConfig(dataset="fashion-mnist-mini", batch_size=256)
 _QUICK_OPTIM = OptimConfig(name="adamw", base_lr=1e-3, lr_scaling="linear", weight_decay=1e-6,
                            warmup_epochs=1, final_lr_ratio=0.1)
@@ -101,10 +108,12 @@ _QUICK_SOURCES = {
 register_recipe(Recipe(
     "simclr-quick",
     Config(method="simclr", backbone="small-cnn", augment="fmnist-quick",
-           method_args={"temperature": 0.2, "proj_hidden_dim": 512, "proj_dim": 128},
+           method_args={"temperature": 0.2, "proj_hidden_dim": 512, "proj_dim": 128,
+                        "gather_distributed": True},
            data=_QUICK_DATA, optim=_QUICK_OPTIM, train=TrainConfig(epochs=22)),
     "SimCLR on the embedded Fashion-MNIST subset, CPU-sized (quick start).",
-    {**_QUICK_SOURCES, "method.temperature": "MEASURED.md: tau 0.2 beat 0.5 in 90 s runs (+6.0 vs +3.4)"},
+    {**_QUICK_SOURCES, "method.temperature": "MEASURED.md: tau 0.2 beat 0.5 in 90 s runs (+6.0 vs +3.4)",
+     "method.gather_distributed": _SIMCLR_GLOBAL_NEGATIVES},
 ))
 register_recipe(Recipe(
     "mocov2-quick",
@@ -134,7 +143,8 @@ register_recipe(Recipe(
 register_recipe(Recipe(
     "simclr-cifar10",
     Config(method="simclr", backbone="resnet18-small", augment="simclr-small",
-           method_args={"temperature": 0.5, "proj_hidden_dim": 2048, "proj_dim": 128},
+           method_args={"temperature": 0.5, "proj_hidden_dim": 2048, "proj_dim": 128,
+                        "gather_distributed": True},
            data=DataConfig(dataset="cifar10", batch_size=512),
            optim=OptimConfig(name="lars", base_lr=1.0, lr_scaling="linear", weight_decay=1e-4,
                              warmup_epochs=10),
@@ -142,7 +152,8 @@ register_recipe(Recipe(
     "SimCLR on CIFAR-10 with ResNet-18 (official repo's single-GPU CIFAR command; ~91 % linear).",
     {"all": "google-research/simclr README CIFAR-10 command: ResNet-18, bs 512, 1000 epochs, "
             "lr 1.0 (LARS, linear scaling), wd 1e-4, tau 0.5, no blur, colour strength 0.5 "
-            "(PAPERS.md §2.8); warm-up 10 epochs is the repo's default"},
+            "(PAPERS.md §2.8); warm-up 10 epochs is the repo's default",
+     "method.gather_distributed": _SIMCLR_GLOBAL_NEGATIVES},
 ))
 register_recipe(Recipe(
     "mocov2-cifar10",
@@ -182,14 +193,16 @@ _IMAGENET = DataConfig(dataset="imagefolder", batch_size=256, image_size=224, nu
 register_recipe(Recipe(
     "simclr-imagenet",
     Config(method="simclr", backbone="resnet50", augment="simclr",
-           method_args={"temperature": 0.1, "proj_hidden_dim": 2048, "proj_dim": 128},
+           method_args={"temperature": 0.1, "proj_hidden_dim": 2048, "proj_dim": 128,
+                        "gather_distributed": True},
            data=DataConfig(**{**_IMAGENET.__dict__, "batch_size": 4096}),
            optim=OptimConfig(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
                              warmup_epochs=10),
            train=TrainConfig(epochs=100)),
     "SimCLR ResNet-50 ImageNet, the paper's 100-epoch ablation setting (64.5-64.6 linear).",
     {"all": "Chen et al. 2020 §2.3, Table 5, App. B.1: LARS lr 0.3 x bs/256, wd 1e-6, bs 4096, "
-            "tau 0.1, 10 warm-up epochs, cosine; App. A augmentations"},
+            "tau 0.1, 10 warm-up epochs, cosine; App. A augmentations",
+     "method.gather_distributed": _SIMCLR_GLOBAL_NEGATIVES},
 ))
 register_recipe(Recipe(
     "mocov2-imagenet",

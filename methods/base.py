@@ -73,6 +73,11 @@ class Method(nn.Module):
         self.encoder = encoder
         self.feature_dim = feature_dim
 
+    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+        """Same as :meth:`training_step`: the engine calls the method (or its
+        ``DistributedDataParallel`` wrapper, whose gradient hooks are armed by ``forward``)."""
+        return self.training_step(views)
+
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
         """Computes the loss for one batch of views.
 

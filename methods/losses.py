@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, *,
+            all_z1: torch.Tensor | None = None, all_z2: torch.Tensor | None = None,
+            offset: int = 0) -> torch.Tensor:
     """NT-Xent, SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020, Eq. 1).
 
     With the 2N embeddings ``u = normalize([z1; z2])`` and ``s_ij = u_i . u_j / tau``, the loss
@@ -20,22 +22,48 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 
     averaged over all 2N anchors. The other 2N - 2 embeddings of the batch are the negatives.
 
+    Global negatives (SimCLR's global batch under data parallelism): ``all_z1`` / ``all_z2``
+    hold the projections of the whole global batch of M images (this rank's N rows at
+    ``offset : offset + N``, e.g. from ``gather_with_grad``). The anchors stay this rank's 2N
+    embeddings; the candidates ``k`` become all 2M embeddings ``normalize([all_z1; all_z2])``,
+    so each anchor has 2M - 2 negatives. The mean of this loss over the ranks equals the loss
+    of one process on the joint batch. Without them, M = N and ``offset = 0``.
+
     Args:
         z1: projections of the first views.
         z2: projections of the second views (row i is the same image as row i of ``z1``).
         temperature: tau > 0.
+        all_z1: first-view projections of the global batch (None: this batch only).
+        all_z2: second-view projections of the global batch, row-aligned with ``all_z1``.
+        offset: row of ``all_z1`` / ``all_z2`` where this rank's batch starts.
 
     Shape:
-        z1, z2: (N, D). Returns a scalar.
+        z1, z2: (N, D); all_z1, all_z2: (M, D) with M >= N. Returns a scalar.
     """
     if z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if (all_z1 is None) != (all_z2 is None):
+        raise ValueError("all_z1 and all_z2 must be given together")
     n = z1.shape[0]
     u = F.normalize(torch.cat([z1, z2]), dim=1)
-    logits = u @ u.T / temperature
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=u.device), float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(u.device)
-    return F.cross_entropy(logits, targets)
+    if all_z1 is None or all_z2 is None:
+        candidates, m = u, n
+    else:
+        if all_z1.shape != all_z2.shape or all_z1.shape[1:] != z1.shape[1:]:
+            raise ValueError(f"all_z1 and all_z2 must be (M, {z1.shape[1]}), got "
+                             f"{tuple(all_z1.shape)} and {tuple(all_z2.shape)}")
+        m = all_z1.shape[0]
+        if not 0 <= offset <= m - n:
+            raise ValueError(f"offset {offset} does not place {n} rows inside the {m} global rows")
+        candidates = F.normalize(torch.cat([all_z1, all_z2]), dim=1)
+    logits = u @ candidates.T / temperature
+    rows = torch.arange(n, device=u.device)
+    own = torch.cat([rows + offset, rows + m + offset])  # anchor i's own column (masked out)
+    positive = torch.cat([own[n:], own[:n]])  # the other view of the same image
+    self_mask = torch.zeros(2 * n, 2 * m, dtype=torch.bool, device=u.device)
+    self_mask[torch.arange(2 * n, device=u.device), own] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    return F.cross_entropy(logits, positive)
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:

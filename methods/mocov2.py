@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslbench.benchmark.distributed import gather_no_grad
 from sslbench.methods.base import Method, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.losses import info_nce
@@ -87,5 +88,10 @@ class MoCoV2(Method):
         # Order equals the repo's (momentum update before the next keys, enqueue after the loss).
         ema_update(self.key_encoder, self.encoder, self.cfg.momentum)
         ema_update(self.key_projector, self.projector, self.cfg.momentum)
-        self.queue.enqueue(out.state["keys"])
+        # Under data parallelism the keys of all ranks are enqueued (the repo's concat_all_gather),
+        # view by view in rank order, so every replica keeps the same queue, equal to one
+        # process's queue on the joint batch. Always on (not a loss-side opt-in): it carries no
+        # gradient, and a per-rank queue would make the replicas, and rank 0's checkpoint, diverge.
+        per_view = out.state["keys"].chunk(2 if self.cfg.symmetric else 1)
+        self.queue.enqueue(torch.cat([gather_no_grad(k) for k in per_view]))
         return {}

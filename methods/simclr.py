@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sslbench.benchmark.distributed import gather_with_grad, is_initialized, rank
 from sslbench.methods.base import Method, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.losses import nt_xent
@@ -22,12 +23,17 @@ class SimCLRConfig:
         proj_hidden_dim: projector hidden width (2048 for ResNet-50).
         proj_dim: projector output (128).
         proj_layers: linear layers in the projector (2 in v1, 3 in v2).
+        gather_distributed: under data parallelism, contrast each rank's anchors against the
+            projections of the whole global batch (gathered with gradients), as the paper does
+            with its 4096-image batch over TPU cores; off: negatives from the rank's own slice
+            only (2B/W - 2 of them). No effect in one process.
     """
 
     temperature: float = 0.5
     proj_hidden_dim: int = 2048
     proj_dim: int = 128
     proj_layers: int = 2
+    gather_distributed: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -52,4 +58,10 @@ class SimCLR(Method):
 
     def training_step(self, views: list[torch.Tensor]) -> StepOutput:
         z1, z2 = forward_views(lambda x: self.projector(self.encoder(x)), views[:2])
-        return StepOutput(loss=nt_xent(z1, z2, self.cfg.temperature))
+        if self.cfg.gather_distributed and is_initialized():
+            all_z1, all_z2 = gather_with_grad(z1), gather_with_grad(z2)
+            loss = nt_xent(z1, z2, self.cfg.temperature, all_z1=all_z1, all_z2=all_z2,
+                           offset=rank() * z1.shape[0])
+        else:
+            loss = nt_xent(z1, z2, self.cfg.temperature)
+        return StepOutput(loss=loss)

@@ -8,6 +8,12 @@ Credentials for a remote tracking server come from the environment
 (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` / ``MLFLOW_TRACKING_TOKEN``) and
 are never logged: any URI shown to the user or written anywhere goes through :func:`redact_uri`.
 
+Several processes on one machine may share the default SQLite store: :func:`get_client` opens it
+under a file lock (MLflow's first-open schema migration is not safe to run twice at once) and in
+WAL journal mode, and :class:`TrackedRun` retries a write that SQLite refuses with "database is
+locked". Several machines need an MLflow server instead (README, "Running sweeps";
+:mod:`sslbench.results.server`).
+
 ``mlflow`` is imported lazily (inside functions) because importing it takes about a second and
 the CLI imports this module only to read the constants.
 """
@@ -17,18 +23,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
+import io
 import json
 import os
 import platform as _platform
+import random
 import re
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sslbench.benchmark.errors import SSLBenchError
@@ -70,6 +79,11 @@ TAG_PROTOCOL = "protocol"
 TAG_PROTOCOL_VERSION = "protocol_version"
 TAG_PROTOCOL_SPEC = "protocol_spec"
 TAG_EVAL_DATASET = "eval_dataset"
+TAG_ERROR = "error"  # first line of the exception that FAILED a run
+MAX_ERROR_TAG_LENGTH = 500
+TAG_RUN_DIR = "run_dir"  # where a pretraining run's checkpoint lives
+TAG_SWEEP = "sweep"  # the sweep (name) a run was launched by
+TAG_SWEEP_CELL = "sweep_cell"  # the cell's id inside its sweep
 
 #: Tags written by :func:`provenance_tags`.
 PROVENANCE_TAGS: tuple[str, ...] = (
@@ -134,6 +148,23 @@ METRIC_BEST_EPOCH_TOP1 = "best_epoch/top1"  # never reported as the result
 MAX_PARAM_VALUE_LENGTH = 6000
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
+
+# SQLite, the single-machine store. SQLite answers "database is locked" (SQLITE_BUSY) when MLflow's
+# own 20 s busy wait (`PRAGMA busy_timeout` in mlflow/store/db/utils.py) runs out, and at once,
+# without waiting, when a transaction that has already read must write after another process
+# wrote. Such a write is retried after these pauses (jittered x1-2, at most ~13 s in all).
+_SQLITE_RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+_SQLITE_LOCKED = re.compile(r"database (table )?is locked", re.IGNORECASE)
+# WAL keeps its index in shared memory, so every process using the database must be on one
+# machine; on these network filesystems (where one file may be shared by several nodes) the
+# database keeps SQLite's default rollback journal.
+_NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "afs", "lustre", "gpfs", "beegfs", "ceph",
+     "glusterfs", "9p", "fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "fuse.beegfs"}
+)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 _SECRET_QUERY_KEYS = re.compile(r"pass|pwd|token|secret|key|auth|credential", re.IGNORECASE)
 _USERINFO = re.compile(r"(?<=//)[^/\s@]+@")
@@ -210,6 +241,95 @@ def _sqlite_path(uri: str) -> Path | None:
         return None
     path = uri[len("sqlite:///") :].split("?", 1)[0]
     return Path(path) if path and path != ":memory:" else None
+
+
+def _filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem that holds ``path`` (e.g. ``"ext4"``, ``"nfs4"``), from Linux's
+    ``/proc/self/mounts``; None where that cannot be read."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    target = str(path.resolve())
+    best, fstype = "", None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # Mount points escape blanks as octal ("\040" for a space).
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, fstype = mount, fields[2]
+    return fstype
+
+
+@contextlib.contextmanager
+def _sqlite_open_lock(db: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``<db>-lock`` (next to the database, like SQLite's ``-wal``).
+
+    MLflow creates and migrates the schema of a new or old database when it first opens it,
+    without a lock: processes opening the same fresh database at once corrupt each other's
+    migration. Without ``fcntl`` (Windows) or a writable folder this lock is skipped.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(f"{db}-lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # a read-only folder: MLflow cannot migrate there either
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _use_wal(db: Path) -> None:
+    """Switches SQLite database ``db`` (created if missing) to WAL journal mode, once.
+
+    WAL lets readers and the one writer work at the same time and makes a commit one append, so
+    parallel local workers wait for each other far less than with the default rollback journal.
+    The mode is stored in the file. Skipped on a network filesystem (see
+    :data:`_NETWORK_FILESYSTEMS`); a database that cannot be switched keeps its mode.
+    """
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if _filesystem_type(db.parent) in _NETWORK_FILESYSTEMS:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass  # e.g. read-only; MLflow's own open reports what matters
+
+
+def _retry_if_locked(uri: str, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """``fn(*args, **kwargs)``, called again after a pause when a SQLite store is locked.
+
+    Only for calls that are safe to repeat. A "database is locked" error means SQLite rolled the
+    transaction back, so a single-transaction write (``create_run``, ``set_terminated``) did
+    nothing. ``log_batch`` writes params, metrics and tags in separate transactions, each
+    idempotent for the same arguments: a param already there with the same value is skipped, a
+    tag is overwritten, and a metric row's primary key is (run, key, timestamp, step, value), so
+    MLflow drops a row that a first attempt already wrote (``SqlAlchemyStore._log_metrics_once``).
+    Other stores (a server) are called once: their client has its own retries.
+    """
+    if _sqlite_path(uri) is None:
+        return fn(*args, **kwargs)
+    for delay in _SQLITE_RETRY_DELAYS_S:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            if not _SQLITE_LOCKED.search(str(exc)):
+                raise
+        # Jitter: writers that collided do not all come back at the same moment.
+        time.sleep(delay * (1.0 + random.random()))
+    return fn(*args, **kwargs)
 
 
 # --- Provenance -------------------------------------------------------------------------------
@@ -347,12 +467,32 @@ def _guard(uri: str, action: str) -> Iterator[None]:
         raise _unreachable(uri, exc) from None
 
 
+@contextlib.contextmanager
+def _redacted_stdout(uri: str) -> Iterator[None]:
+    """Passes on what is printed to stdout meanwhile with the credentials of ``uri`` removed.
+
+    For a server, ``MlflowClient.set_terminated`` prints "View run ... at: <URL>" with the URL's
+    ``user:password@`` in it (``_log_url`` in mlflow/tracking/_tracking_service/client.py).
+    """
+    if not _USERINFO.search(uri):
+        yield
+        return
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        sys.stdout.write(_redact_text(captured.getvalue(), uri))
+
+
 @functools.lru_cache(maxsize=16)
 def get_client(uri: str) -> MlflowClient:
     """One cached :class:`mlflow.MlflowClient` per resolved URI.
 
     Opening a SQLite store checks (and on first creation migrates) its schema, which takes one
-    to a few seconds; the cache makes that happen once per process.
+    to a few seconds; the cache makes that happen once per process. A SQLite store is opened
+    under a lock on ``<database>-lock`` so that parallel processes do not migrate one new
+    database at once, and is switched to WAL journal mode (see :func:`_use_wal`).
 
     Args:
         uri: a resolved tracking URI (see :func:`resolve_tracking_uri`).
@@ -364,7 +504,12 @@ def get_client(uri: str) -> MlflowClient:
     # MLflow and alembic announce schema creation/migration at INFO on stderr; not our user's news.
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=uri)
+    sqlite = _sqlite_path(uri)
+    if sqlite is None:
+        return MlflowClient(tracking_uri=uri)
+    with _sqlite_open_lock(sqlite):
+        _use_wal(sqlite)
+        return MlflowClient(tracking_uri=uri)
 
 
 def _experiment_id(client: MlflowClient, uri: str, name: str, create: bool) -> str | None:
@@ -378,7 +523,9 @@ def _experiment_id(client: MlflowClient, uri: str, name: str, create: bool) -> s
             # Keep artifacts next to the database, not in whatever the cwd happens to be.
             location = str(sqlite.resolve().parent / DEFAULT_ARTIFACT_DIR) if sqlite else None
             try:
-                return str(client.create_experiment(name, artifact_location=location))
+                return str(
+                    _retry_if_locked(uri, client.create_experiment, name, artifact_location=location)
+                )
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -429,6 +576,14 @@ def run_tags(run_id: str, *, tracking_uri: str | None = None) -> dict[str, str]:
     with _guard(uri, "opening the tracking store"):
         client = get_client(uri)
     return dict(_get_run(client, uri, run_id).data.tags)
+
+
+def run_status(run_id: str, *, tracking_uri: str | None = None) -> str:
+    """The status of run ``run_id``: RUNNING, FINISHED, FAILED, KILLED or SCHEDULED."""
+    uri = resolve_tracking_uri(tracking_uri)
+    with _guard(uri, "opening the tracking store"):
+        client = get_client(uri)
+    return str(_get_run(client, uri, run_id).info.status)
 
 
 # --- TrackedRun -------------------------------------------------------------------------------
@@ -506,11 +661,13 @@ class TrackedRun:
             _get_run(client, uri, self._resume_id)  # a clear error for a wrong run id
             self._run_id = self._resume_id
             with _guard(uri, f"resuming run {self._run_id}"):
-                client.update_run(self._run_id, status="RUNNING")
+                _retry_if_locked(uri, client.update_run, self._run_id, status="RUNNING")
             self.set_tags(tags)
         else:
             with _guard(uri, "creating a run"):
-                run = client.create_run(experiment_id, tags=tags, run_name=self._run_name)
+                run = _retry_if_locked(
+                    uri, client.create_run, experiment_id, tags=tags, run_name=self._run_name
+                )
             self._run_id = run.info.run_id
             self._params = {}
         return self
@@ -525,13 +682,20 @@ class TrackedRun:
             return
         if exc_type is None:
             status = self.end_status or "FINISHED"
-        elif issubclass(exc_type, KeyboardInterrupt):
-            status = "KILLED"
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            status = "KILLED"  # Ctrl-C, or a job that exits to be requeued (SLURM preemption)
         else:
             status = "FAILED"
         try:
             with _guard(self._uri, f"ending run {self._run_id}"):
-                self._client.set_terminated(self._run_id, status=status)
+                if status == "FAILED" and exc is not None:  # `sslbench sweep status` shows it
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    self.set_tags({TAG_ERROR: _redact_text(
+                        f"{type(exc).__name__}: {first}"[:MAX_ERROR_TAG_LENGTH], self._uri)})
+                with _redacted_stdout(self._uri):
+                    _retry_if_locked(
+                        self._uri, self._client.set_terminated, self._run_id, status=status
+                    )
         except SSLBenchError:
             if exc_type is None:
                 raise
@@ -576,7 +740,7 @@ class TrackedRun:
         with _guard(self._uri, "logging params"):
             for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
                 batch = items[i : i + _MAX_PARAMS_PER_BATCH]
-                client.log_batch(run_id, params=batch, synchronous=True)
+                _retry_if_locked(self._uri, client.log_batch, run_id, params=batch, synchronous=True)
         self._params.update(new)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -594,7 +758,9 @@ class TrackedRun:
         with _guard(self._uri, "logging metrics"):
             for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
                 batch = items[i : i + _MAX_METRICS_PER_BATCH]
-                client.log_batch(run_id, metrics=batch, synchronous=True)
+                # The retry repeats the same Metric objects (same timestamp), so MLflow drops
+                # rows a failed attempt already wrote instead of storing them twice.
+                _retry_if_locked(self._uri, client.log_batch, run_id, metrics=batch, synchronous=True)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Sets (or overwrites) tags; values are stringified.
@@ -608,9 +774,14 @@ class TrackedRun:
         items = [RunTag(str(k), str(v)) for k, v in tags.items()]
         with _guard(self._uri, "setting tags"):
             for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-                client.log_batch(
-                    run_id, tags=items[i : i + _MAX_PARAMS_PER_BATCH], synchronous=True
-                )
+                batch = items[i : i + _MAX_PARAMS_PER_BATCH]
+                _retry_if_locked(self._uri, client.log_batch, run_id, tags=batch, synchronous=True)
+
+    def metric_steps(self, key: str) -> set[int]:
+        """The steps at which metric ``key`` is already logged on this run (e.g. on resume)."""
+        client, run_id = self._require()
+        with _guard(self._uri, f"reading metric {key}"):
+            return {int(m.step) for m in client.get_metric_history(run_id, key)}
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         """Writes ``obj`` as a JSON (or YAML, by extension) artifact, e.g. ``config.json``.
