@@ -146,10 +146,15 @@ def plan(spec: SweepSpec) -> str:
         axes = " ".join(f"{k}={v}" for k, v in st.cell.assignment.items())
         lines.append(f"  {st.cell.id:{width}s}  {st.state:11s}  {cost:24s}  {axes}")
     done = sum(st.state == C.DONE for st in sts)
-    lines.append(f"{done} of {len(cells)} cells done; {len(cells) - done} to run. Estimated "
-                 f"pretraining time of those: {_hms(total)} on the devices the estimates were "
-                 f"measured on" + (f", plus {unknown} cell(s) with no measurement yet" if unknown else "")
-                 + ".")
+    todo = len(cells) - done
+    line = f"{done} of {len(cells)} cells done; {todo} to run."
+    if todo and unknown < todo:
+        line += (f" Estimated pretraining time of {todo - unknown} of them: {_hms(total)} (one "
+                 "device at a time, at the images/s finished runs measured).")
+    if unknown:
+        line += (f" No measurement yet for {unknown} cell(s): a finished run of the same method, "
+                 "backbone and dataset gives one.")
+    lines.append(line)
     return "\n".join(lines)
 
 
