@@ -85,7 +85,16 @@ def submit_cells(settings: Any, sweep_dir: Path, sweep_name: str,
         cell id -> SLURM job id (``<array>_<index>``).
     """
     folder = sweep_dir / "slurm"
-    ex = slurm_executor(settings, folder, f"sslbench-{sweep_name}")
+    job_name = f"sslbench-{sweep_name}"
+    ex = slurm_executor(settings, folder, job_name)
+    strays = unrecorded_jobs(job_name, list(recorded_jobs(folder).values()))
+    if strays:
+        raise SSLBenchError(
+            f"SLURM already has job(s) {', '.join(strays[:5])} named '{job_name}' that this sweep "
+            "did not record (a `sweep run` killed while submitting, or another sweep of the same "
+            "name); submitting again could run the same cells twice.",
+            f"Wait until they end (`squeue --name {job_name}`), or cancel them "
+            f"(`scancel --name {job_name}`), then run again.")
     ids = list(task_paths)
     try:
         with ex.batch():
@@ -140,6 +149,24 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
         if job:
             states[job] = state
     return states
+
+
+def unrecorded_jobs(job_name: str, recorded: Sequence[str]) -> list[str]:
+    """Alive jobs named ``job_name`` that ``jobs.json`` does not know (a driver killed between
+    ``sbatch`` and writing the file). Empty when squeue cannot be asked."""
+    if shutil.which("squeue") is None:
+        return []
+    proc = subprocess.run(["squeue", "-h", "-r", "--name", job_name, "-o", "%i|%T"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    if proc.returncode != 0:
+        return []
+    known = set(recorded) | {j.split("_")[0] for j in recorded}
+    out = []
+    for line in proc.stdout.splitlines():
+        job, _, state = line.strip().partition("|")
+        if job and alive(state) and job not in known and job.split("_")[0] not in known:
+            out.append(job)
+    return out
 
 
 def alive(state: str | None) -> bool:

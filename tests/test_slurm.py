@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sslbench.benchmark.errors import SSLBenchError
 from sslbench.benchmark.sweep import expand, sweep_from_dict
 from sslbench.benchmark.sweep_run import run, status_text, statuses
 from sslbench.results import cells as C
@@ -177,3 +178,17 @@ def _alive(job_id: str) -> bool:
 
 def _run_status(spec) -> str:
     return str(_runs(spec, "pretrain")["status"].iloc[0])
+
+
+def test_unrecorded_jobs_of_the_sweep_block_a_second_submission(slurm, tmp_path):
+    """A driver killed between sbatch and jobs.json: the next run refuses to submit twice."""
+    spec = _spec(tmp_path, "stray", set={**TINY_SET, "train.epochs": 1}, axes={"seed": [0]})
+    job = subprocess.run(["sbatch", "--parsable", "--job-name", "sslbench-stray", "--time", "2",
+                          "--wrap", "sleep 60"], capture_output=True, text=True, check=True)
+    job_id = job.stdout.strip().split(";")[0]
+    try:
+        _wait(lambda: _alive(job_id), 30, "the stray job to be queued")
+        with pytest.raises(SSLBenchError, match="did not record"):
+            run(spec, "slurm", echo=lambda _: None)
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
