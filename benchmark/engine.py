@@ -236,7 +236,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
         # Nothing left to do: never re-train or re-log a finished run. (A job killed after its
         # last checkpoint but before MLflow heard the end goes on below, training nothing, to
         # log the missing epochs and final metrics and mark the run FINISHED.)
-        if state.get("finished") and not _tracking_unfinished(tracking, run_id, env.is_main):
+        if state.get("finished") and not _tracking_unfinished(tracking, run_id):
             method.encoder.eval()
             return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id,
                                   _final_metrics(history, elapsed), device, identity_tags(cfg, device),
@@ -323,10 +323,11 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                                               image_size, 0.0))
         final = _final_metrics(history, elapsed + time.perf_counter() - wall0)
         if run is not None:
-            if done and not run.metric_steps(METRIC_FINAL_WALL_TIME_S):
-                run.log_metrics(final)
-            else:  # stopped early (preemption): not finished until a resume completes it
+            if not done:  # stopped early (preemption): not finished until a resume completes it
                 run.end_status = "KILLED"
+            # A finished checkpoint re-opened to complete its run may have its final metrics.
+            elif not (start_epoch >= cfg.train.epochs and run.metric_steps(METRIC_FINAL_WALL_TIME_S)):
+                run.log_metrics(final)
     barrier()  # no rank returns before rank 0's checkpoint exists
     method.encoder.eval()
     return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id, final, device, tags,
@@ -347,9 +348,12 @@ def _tracked_run(tracking: Tracking | None, cfg: Config, tags: dict[str, str],
                       tracking_uri=tracking.uri, run_id=run_id)
 
 
-def _tracking_unfinished(tracking: Tracking | None, run_id: str | None, is_main: bool) -> bool:
-    """Whether the MLflow run of a finished checkpoint was left unfinished (job killed at its end)."""
-    if tracking is None or run_id is None or not is_main:
+def _tracking_unfinished(tracking: Tracking | None, run_id: str | None) -> bool:
+    """Whether the MLflow run of a finished checkpoint was left unfinished (job killed at its end).
+
+    Every data-parallel rank asks (before any rank changes the run), so all take the same path.
+    """
+    if tracking is None or run_id is None:
         return False
     from sslbench.results.tracking import run_status
 

@@ -266,3 +266,18 @@ def test_cell_task_round_trip_and_config_drift(tmp_path):
         run_cell(task)
     with pytest.raises(ConfigError):
         sweep_from_dict({"recipe": "simclr-quick", "name": "a b"})
+
+
+def test_finished_checkpoint_whose_run_was_left_open_is_completed_once(tmp_path):
+    """A job killed after logging its final metrics, before MLflow heard FINISHED."""
+    spec = _spec(tmp_path, axes={"seed": [0]})
+    (cell,) = expand(spec)
+    tracking = Tracking(spec.tracking_uri, spec.experiment)
+    first = pretrain(cell.config, cell.run_dir, tracking=tracking, progress=False)
+    client = get_client(spec.tracking_uri)
+    client.update_run(first.run_id, status="RUNNING")
+    again = pretrain(cell.config, cell.run_dir, resume=True, tracking=tracking, progress=False)
+    assert again.run_id == first.run_id
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    assert len(client.get_metric_history(first.run_id, "final/wall_time_s")) == 1
+    assert _steps(spec, first.run_id) == [1, 2]
