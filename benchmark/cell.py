@@ -18,7 +18,6 @@ A failure is logged on the MLflow run (``error`` tag) and, for failures before a
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from dataclasses import asdict, dataclass
@@ -47,12 +46,10 @@ class CellTask:
 
     def save(self) -> Path:
         """Writes ``cell.json`` atomically and returns its path."""
-        path = Path(self.run_dir) / TASK_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
-        os.replace(tmp, path)
-        return path
+        from sslbench.benchmark.checkpoint import atomic_write_text
+
+        return atomic_write_text(Path(self.run_dir) / TASK_FILE,
+                                 json.dumps(asdict(self), indent=2, sort_keys=True))
 
     @classmethod
     def load(cls, path: str | Path) -> CellTask:

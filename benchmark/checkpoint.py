@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -21,15 +22,15 @@ from sslbench.benchmark.errors import CheckpointError
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Writes ``state`` to ``path`` atomically (write, fsync, rename)."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Calls ``write(file)`` on a temporary file beside ``path``, fsyncs it and renames it over
+    ``path``: readers and a later run see the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format_version": FORMAT_VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -37,6 +38,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Writes ``state`` to ``path`` atomically (write, fsync, rename)."""
+    state = {"format_version": FORMAT_VERSION, **state}
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -183,14 +183,9 @@ def _sweep_spec(args: argparse.Namespace) -> SweepSpec:
         spec = dataclasses.replace(spec, tracking_uri=args.tracking_uri or spec.tracking_uri,
                                    experiment=args.experiment or spec.experiment)
     if args.slurm:
-        from sslbench.benchmark.config import parse_override
-        from sslbench.benchmark.sweep import SlurmSettings, _settings
+        from sslbench.benchmark.sweep import with_slurm_overrides
 
-        merged = {**{f.name: getattr(spec.slurm, f.name) for f in dataclasses.fields(SlurmSettings)},
-                  **dict(map(parse_override, args.slurm))}
-        merged["setup"] = list(merged["setup"]) if not isinstance(merged["setup"], str) else [merged["setup"]]
-        merged["additional"] = dict(merged["additional"])
-        spec = dataclasses.replace(spec, slurm=_settings(SlurmSettings, merged, "slurm", "--slurm"))
+        spec = with_slurm_overrides(spec, args.slurm)
     return spec
 
 

@@ -346,11 +346,11 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 a.update(rule)
         else:  # matches none: a cell of its own
             assignments.append(dict(rule))
+    _check_protocols(spec.protocols)
     cells: list[Cell] = []
     seen: set[str] = set()
     for a in assignments:
         cfg = resolve_cell(spec.recipe, {**spec.fixed, **a}, where)
-        _check_protocols(spec.protocols, where)
         h = cfg.hash()
         if h in seen:
             continue
@@ -394,11 +394,24 @@ def resolve_cell(base_recipe: str, values: Mapping[str, Any], where: str) -> Con
         raise ConfigError(f"{where}: {exc.problem}", exc.fix) from None
 
 
-def _check_protocols(protocols: Sequence[str], where: str) -> None:
+def _check_protocols(protocols: Sequence[str]) -> None:
     from sslbench.protocols.spec import get_protocol
 
     for name in protocols:
         get_protocol(name)
+
+
+def with_slurm_overrides(spec: SweepSpec, overrides: Sequence[str]) -> SweepSpec:
+    """``spec`` with ``key=value`` overrides of its ``[slurm]`` settings (``--slurm``), validated
+    like the file's (``setup=...`` is one shell line)."""
+    from sslbench.benchmark.config import parse_override
+
+    merged: dict[str, Any] = {f.name: getattr(spec.slurm, f.name)
+                              for f in dataclasses.fields(SlurmSettings)}
+    merged["setup"], merged["additional"] = list(spec.slurm.setup), dict(spec.slurm.additional)
+    for key, value in map(parse_override, overrides):
+        merged[key] = [value] if key == "setup" else value
+    return dataclasses.replace(spec, slurm=_settings(SlurmSettings, merged, "slurm", "--slurm"))
 
 
 def parse_cli_axes(axes: Sequence[str], fixed: Sequence[str]) -> tuple[dict[str, list[Any]], dict[str, Any]]:

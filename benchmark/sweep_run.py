@@ -73,12 +73,19 @@ def _runs(spec: SweepSpec) -> pd.DataFrame:
                      finished_only=False)
 
 
-def statuses(spec: SweepSpec, cells: list[Cell] | None = None) -> tuple[list[CellStatus], bool]:
-    """Every cell's state, and whether the scheduler could be asked (False: squeue failed)."""
+def statuses(spec: SweepSpec, cells: list[Cell] | None = None,
+             runs: pd.DataFrame | None = None) -> tuple[list[CellStatus], bool]:
+    """Every cell's state, and whether the scheduler could be asked (False: squeue failed).
+
+    Args:
+        spec: the sweep.
+        cells: its cells (default: ``expand(spec)``).
+        runs: the experiment's runs (default: read from MLflow).
+    """
     from sslbench.slurm.executor import alive, queue_states, recorded_jobs
 
     cells = cells if cells is not None else expand(spec)
-    runs = _runs(spec)
+    runs = runs if runs is not None else _runs(spec)
     jobs = recorded_jobs(spec.sweep_dir / "slurm")
     queue = queue_states(sorted(set(jobs.values())))
     out = []
@@ -130,8 +137,8 @@ def estimate_seconds(cell: Cell, runs: pd.DataFrame) -> tuple[float | None, str]
 def plan(spec: SweepSpec) -> str:
     """The plan as text: cells, states, estimated cost. Submits and writes nothing."""
     cells = expand(spec)
-    sts, _ = statuses(spec, cells)
     runs = _runs(spec)
+    sts, _ = statuses(spec, cells, runs)
     lines = [f"Sweep '{spec.name}' ({spec.source}): {len(cells)} cells, recipe {spec.recipe}, "
              f"protocols {', '.join(spec.protocols) or '(none)'}; folder {spec.sweep_dir}"]
     width = max(len(c.id) for c in cells)
@@ -202,17 +209,17 @@ def run(spec: SweepSpec, executor: str = "local", *, workers: int | None = None,
             "sslbench cannot tell which cells are still queued.",
             "Run this on a node that reaches slurmctld; to start over locally, delete "
             f"{spec.sweep_dir / 'slurm' / 'jobs.json'} first.")
+    from sslbench.slurm.executor import alive
+
     done = [s.cell.id for s in sts if s.state == C.DONE]
-    queued = [s.cell.id for s in sts if s.state in (QUEUED,) or (s.state == C.RUNNING and s.job_id)]
+    queued = [s.cell.id for s in sts if s.state != C.DONE and alive(s.job_state)]
     todo = [s for s in sts if s.cell.id not in done and s.cell.id not in queued]
     echo(f"Sweep '{spec.name}': {len(cells)} cells; {len(done)} done, {len(queued)} queued or "
          f"running in SLURM, {len(todo)} to run ({executor}).")
     paths = {s.cell.id: _task(spec, s.cell).save() for s in todo}
     failed: dict[str, str] = {}
     job_ids: dict[str, str] = {}
-    if not todo:
-        pass
-    elif executor == "slurm":
+    if todo and executor == "slurm":
         from sslbench.slurm.executor import submit_cells
 
         job_ids = submit_cells(spec.slurm, spec.sweep_dir, spec.name, paths)
@@ -221,9 +228,9 @@ def run(spec: SweepSpec, executor: str = "local", *, workers: int | None = None,
              f"{spec.sweep_dir / 'slurm'}.")
         if wait:
             _wait_for_jobs(list(job_ids.values()), echo)
-    elif (workers or spec.local.workers) > 1:
+    elif todo and (workers or spec.local.workers) > 1:
         failed = _run_subprocesses(paths, workers or spec.local.workers, echo)
-    else:
+    else:  # in this process (nothing when todo is empty)
         for i, s in enumerate(todo, 1):
             echo(f"[{i}/{len(todo)}] {s.cell.id} ({s.state})")
             try:

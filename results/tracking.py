@@ -572,18 +572,19 @@ def run_tags(run_id: str, *, tracking_uri: str | None = None) -> dict[str, str]:
         run_id: the MLflow run id.
         tracking_uri: see :func:`resolve_tracking_uri`.
     """
-    uri = resolve_tracking_uri(tracking_uri)
-    with _guard(uri, "opening the tracking store"):
-        client = get_client(uri)
-    return dict(_get_run(client, uri, run_id).data.tags)
+    return dict(_fetch_run(run_id, tracking_uri).data.tags)
 
 
 def run_status(run_id: str, *, tracking_uri: str | None = None) -> str:
     """The status of run ``run_id``: RUNNING, FINISHED, FAILED, KILLED or SCHEDULED."""
+    return str(_fetch_run(run_id, tracking_uri).info.status)
+
+
+def _fetch_run(run_id: str, tracking_uri: str | None) -> Any:
     uri = resolve_tracking_uri(tracking_uri)
     with _guard(uri, "opening the tracking store"):
         client = get_client(uri)
-    return str(_get_run(client, uri, run_id).info.status)
+    return _get_run(client, uri, run_id)
 
 
 # --- TrackedRun -------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ which needs slurmdbd).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 import submitit
 
+from sslbench.benchmark.checkpoint import atomic_write_text
 from sslbench.benchmark.errors import SSLBenchError
 
 JOBS_FILE = "jobs.json"
@@ -111,12 +111,9 @@ def submit_cells(settings: Any, sweep_dir: Path, sweep_name: str,
 
 def record_jobs(folder: Path, jobs: Mapping[str, str]) -> None:
     """Merges ``cell id -> job id`` into ``jobs.json`` (atomically; newest id per cell wins)."""
-    folder.mkdir(parents=True, exist_ok=True)
     known = recorded_jobs(folder)
     known.update(jobs)
-    tmp = folder / (JOBS_FILE + ".tmp")
-    tmp.write_text(json.dumps(known, indent=2, sort_keys=True))
-    os.replace(tmp, folder / JOBS_FILE)
+    atomic_write_text(folder / JOBS_FILE, json.dumps(known, indent=2, sort_keys=True))
 
 
 def recorded_jobs(folder: Path) -> dict[str, str]:
@@ -128,21 +125,15 @@ def recorded_jobs(folder: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def queue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """``job id -> squeue state`` for the given jobs (array tasks expanded); jobs SLURM no
-    longer lists are absent. None when ``squeue`` is missing or the controller is unreachable."""
-    if not job_ids:
-        return {}
+def _squeue(*selection: str) -> dict[str, str] | None:
+    """``job id -> state`` of the jobs ``squeue`` lists for ``selection`` (array tasks expanded);
+    None when squeue is missing or fails. A selection of only unknown job ids lists nothing."""
     if shutil.which("squeue") is None:
         return None
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    proc = subprocess.run(
-        ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(arrays)],
-        capture_output=True, text=True, check=False, timeout=60)
+    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", *selection],
+                          capture_output=True, text=True, check=False, timeout=60)
     if proc.returncode != 0:
-        if "Invalid job id" in proc.stderr:  # all of them are gone from the controller
-            return {}
-        return None
+        return {} if "Invalid job id" in proc.stderr else None
     states: dict[str, str] = {}
     for line in proc.stdout.splitlines():
         job, _, state = line.strip().partition("|")
@@ -151,22 +142,20 @@ def queue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
     return states
 
 
+def queue_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """``job id -> squeue state`` for the given jobs (array tasks expanded); jobs SLURM no
+    longer lists are absent. None when ``squeue`` is missing or the controller is unreachable."""
+    if not job_ids:
+        return {}
+    return _squeue("-t", "all", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids})))
+
+
 def unrecorded_jobs(job_name: str, recorded: Sequence[str]) -> list[str]:
     """Alive jobs named ``job_name`` that ``jobs.json`` does not know (a driver killed between
     ``sbatch`` and writing the file). Empty when squeue cannot be asked."""
-    if shutil.which("squeue") is None:
-        return []
-    proc = subprocess.run(["squeue", "-h", "-r", "--name", job_name, "-o", "%i|%T"],
-                          capture_output=True, text=True, check=False, timeout=60)
-    if proc.returncode != 0:
-        return []
     known = set(recorded) | {j.split("_")[0] for j in recorded}
-    out = []
-    for line in proc.stdout.splitlines():
-        job, _, state = line.strip().partition("|")
-        if job and alive(state) and job not in known and job.split("_")[0] not in known:
-            out.append(job)
-    return out
+    return [job for job, state in (_squeue("--name", job_name) or {}).items()
+            if alive(state) and job not in known and job.split("_")[0] not in known]
 
 
 def alive(state: str | None) -> bool:

@@ -281,3 +281,16 @@ def test_finished_checkpoint_whose_run_was_left_open_is_completed_once(tmp_path)
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert len(client.get_metric_history(first.run_id, "final/wall_time_s")) == 1
     assert _steps(spec, first.run_id) == [1, 2]
+
+
+def test_slurm_settings_from_the_command_line(tmp_path):
+    from sslbench.benchmark.sweep import with_slurm_overrides
+
+    spec = _spec(tmp_path, slurm={"partition": "cpu", "additional": {"mail-type": "FAIL"}})
+    out = with_slurm_overrides(spec, ["partition=gpu", "time_min=30", "setup=module load cuda"])
+    assert (out.slurm.partition, out.slurm.time_min, out.slurm.setup) == ("gpu", 30, ("module load cuda",))
+    assert out.slurm.additional == {"mail-type": "FAIL"} and out.slurm.cpus_per_task == 2
+    with pytest.raises(ConfigError, match="slurm.time_min"):
+        with_slurm_overrides(spec, ["time_min=soon"])
+    with pytest.raises(ConfigError, match="gpus"):
+        with_slurm_overrides(spec, ["gpus=8"])
