@@ -127,7 +127,9 @@ def test_preempted_cell_requeues_resumes_and_matches_an_uninterrupted_run(slurm,
     # SLURM's preemption/timeout signal: submitit checkpoints, requeues the job and exits.
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     _wait(lambda: "Restarts=1" in _show(job_id), 60, "the job to be requeued")
-    assert _run_status(spec) == "KILLED"  # preempted, not failed
+    # submitit requeues first, then exits the job; the exiting run ends KILLED (preempted, not
+    # failed) a moment after the requeue shows in scontrol.
+    _wait(lambda: _run_status(spec) == "KILLED", 60, "the preempted run to end KILLED")
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
     _wait(lambda: not _alive(job_id), 300, "the requeued job to finish")
     sts, _ = statuses(spec)
