@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 from sslbench.benchmark.errors import SSLBenchError
 
 if TYPE_CHECKING:  # imported lazily at run time, to keep `sslbench --help` fast
+    import pandas as pd
+
     from sslbench.benchmark.config import Config
     from sslbench.benchmark.engine import Tracking
     from sslbench.benchmark.sweep import SweepSpec
@@ -155,6 +157,56 @@ def cmd_results(args: argparse.Namespace) -> int:
         paths = plot_accuracy_vs_batch_size(runs, out / args.stem, protocol=args.protocol,
                                             metric=args.metric)
         print(f"Wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _load_eval_runs(args: argparse.Namespace) -> tuple[pd.DataFrame, str]:
+    """Finished evaluation runs of the store, or the one-paragraph error when there are none."""
+    from sslbench.results.aggregate import load_runs
+    from sslbench.results.tracking import redact_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    runs = load_runs(tracking_uri=uri, experiment=args.experiment, kind="eval")
+    if runs.empty:
+        raise SSLBenchError(f"No finished evaluation runs in experiment '{args.experiment}' of "
+                            f"{redact_uri(uri)}.",
+                            "Run `sslbench quickstart` or `sslbench pretrain --eval ...` first, or "
+                            "point --tracking-uri / --experiment at your store.")
+    return runs, redact_uri(uri)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from sslbench.results.reference import load_reference
+    from sslbench.results.reproduce import NOT_REPRODUCED, counts, reproduce, summary_table, write_report
+    from sslbench.results.tables import to_markdown
+
+    runs, uri = _load_eval_runs(args)
+    reference = load_reference(extra=[Path(d) for d in args.reference])
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+    methods = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
+    report = reproduce(runs, reference, metrics=metrics, methods=methods)
+    print(to_markdown(summary_table(report).drop(columns=["source"])))
+    paths = write_report(report, Path(args.out), uri)
+    print(", ".join(f"{n} {v}" for v, n in counts(report).items()))
+    print(f"Wrote {', '.join(str(p) for p in paths.values())}")
+    if args.strict and counts(report)[NOT_REPRODUCED]:
+        print("sslbench: --strict: some comparable configurations were not reproduced.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from sslbench.results.aggregate import load_runs
+    from sslbench.results.leaderboard import build_leaderboard, to_markdown_table, write_leaderboard
+
+    runs, uri = _load_eval_runs(args)
+    pretrains = load_runs(tracking_uri=args.tracking_uri, experiment=args.experiment, kind="pretrain")
+    datasets = [d.strip() for d in args.dataset.split(",") if d.strip()] if args.dataset else None
+    frame, columns, primary = build_leaderboard(runs, pretrains, primary=args.rank_by,
+                                                datasets=datasets)
+    print(to_markdown_table(frame, columns))
+    paths = write_leaderboard(frame, columns, primary, Path(args.out), uri)
+    print(f"Wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
 
@@ -314,6 +366,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", help="plot: one protocol only")
     _add_tracking(p)
     p.set_defaults(fn=cmd_results)
+
+    p = sub.add_parser("reproduce", help="check MLflow runs against published and baseline numbers",
+                       description="Matches each configuration's runs to the closest reference row "
+                                   "(method, dataset, backbone, epochs, batch size, protocol) and gives "
+                                   "a verdict: reproduced, within tolerance, not reproduced, or not "
+                                   "comparable (naming what differs). README: Reading results.")
+    p.add_argument("--out", default="sslbench-output", help="folder for reproduce.{md,html,csv}")
+    p.add_argument("--metric", default="top1", help="metrics to check, comma-separated (top1,top5)")
+    p.add_argument("--method", help="only these methods, comma-separated")
+    p.add_argument("--reference", action="append", default=[], metavar="DIR",
+                   help="a folder of extra reference CSVs (same schema), added to sslbench's own")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a comparable configuration is not reproduced")
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_reproduce)
+
+    p = sub.add_parser("leaderboard", help="write the leaderboard: static HTML page + Markdown + CSV")
+    p.add_argument("--out", default="sslbench-output", help="folder for leaderboard.{html,md,csv}")
+    p.add_argument("--dataset", help="only these pretraining datasets, comma-separated")
+    p.add_argument("--rank-by", help="protocol to rank by (default: linear, else a kNN)")
+    _add_tracking(p)
+    p.set_defaults(fn=cmd_leaderboard)
 
     p = sub.add_parser("config", help="print the resolved config of a recipe + overrides")
     _add_run_options(p)

@@ -308,6 +308,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 "train/lr": lr if derived.steps_per_epoch else 0.0,
                 "train/images_per_s": derived.steps_per_epoch * cfg.data.batch_size / seconds,  # all ranks
                 "train/epoch_time_s": seconds,
+                "train/peak_memory_mb": peak_memory_mb(device),
                 **{f"train/{k}": float(v) for k, v in hook_logs.items()},
             }
             history.append({"epoch": epoch + 1, **metrics})
@@ -363,11 +364,27 @@ def _tracking_unfinished(tracking: Tracking | None, run_id: str | None) -> bool:
 def _final_metrics(history: list[dict[str, float]], wall: float) -> dict[str, float]:
     if not history:
         return {"final/wall_time_s": wall}
-    return {
+    final = {
         "final/train_loss": history[-1]["train/loss"],
         "final/wall_time_s": wall,
         "final/images_per_s": sum(h["train/images_per_s"] for h in history) / len(history),
     }
+    peaks = [h["train/peak_memory_mb"] for h in history if "train/peak_memory_mb" in h]
+    if peaks:  # checkpoints written before this metric existed have none
+        final["final/peak_memory_mb"] = max(peaks)
+    return final
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The peak memory so far in MiB: CUDA's peak allocation on ``device``, else the process's
+    peak resident set size (on CPU the whole process, data and evaluation included)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def _state(cfg: Config, method: Method, optimizer: torch.optim.Optimizer, epoch: int, step: int,

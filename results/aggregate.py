@@ -204,3 +204,27 @@ def aggregate(
         )
     out["n"] = out["n"].astype(np.int64)
     return out[[*by, *stats, "n", "seeds"]]
+
+
+PRETRAIN_PREFIX = "pretrain."
+
+
+def attach_pretrain(evals: pd.DataFrame, pretrains: pd.DataFrame) -> pd.DataFrame:
+    """Evaluation runs with the columns of their pretraining (parent) run beside them.
+
+    Every column of ``pretrains`` (metrics such as ``final/wall_time_s``, ``final/images_per_s``,
+    ``final/peak_memory_mb``, tags such as ``device``, params such as
+    ``param.derived.world_size``) is added as ``pretrain.<column>``, matched by
+    ``evals.parent_run_id == pretrains.run_id``. An evaluation without a parent in ``pretrains``
+    (a baseline, or a parent that is not FINISHED) gets NA there. Rows and their order are kept.
+
+    Args:
+        evals: a frame from ``load_runs(kind="eval")``.
+        pretrains: a frame from ``load_runs(kind="pretrain")``.
+    """
+    right = pretrains.drop_duplicates("run_id").add_prefix(PRETRAIN_PREFIX)
+    joined = evals.merge(
+        right, how="left", left_on="parent_run_id", right_on=PRETRAIN_PREFIX + "run_id"
+    )
+    joined.index = evals.index
+    return joined

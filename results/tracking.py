@@ -133,11 +133,13 @@ METRIC_TRAIN_LOSS = "train/loss"
 METRIC_TRAIN_LR = "train/lr"
 METRIC_TRAIN_IMAGES_PER_S = "train/images_per_s"
 METRIC_TRAIN_EPOCH_TIME_S = "train/epoch_time_s"
+METRIC_TRAIN_PEAK_MEMORY_MB = "train/peak_memory_mb"  # CUDA peak allocation, or CPU process peak RSS
 TRAIN_METRIC_PREFIX = "train/"  # method logs (e.g. "ema_momentum") go under this prefix
 # Pretraining, once at the end.
 METRIC_FINAL_TRAIN_LOSS = "final/train_loss"
 METRIC_FINAL_WALL_TIME_S = "final/wall_time_s"
 METRIC_FINAL_IMAGES_PER_S = "final/images_per_s"
+METRIC_FINAL_PEAK_MEMORY_MB = "final/peak_memory_mb"
 # Evaluation (percent, final-epoch numbers only).
 METRIC_TOP1 = "top1"
 METRIC_TOP5 = "top5"
