@@ -14,6 +14,12 @@ uint8 -> float conversion and the normalisation; on CPU it runs each view in cac
 images (the ops are memory-bound), with the parameters drawn for the whole batch first, so the
 result does not depend on the chunking.
 
+Named recipes live in a registry (:func:`register_augment_recipe`, ``sslbench augmentations``).
+:func:`get_augment_recipe` also resolves *derived* names, so a sweep can ablate augmentations by
+name: ``<base>-no-<t>[-no-<t2>...]`` drops transforms from every view of a registered recipe and
+``<base>-only-<t1>[+<t2>...]`` keeps only those, with t in :data:`AUGMENT_TRANSFORMS` (e.g.
+``fmnist-quick-no-color``, ``simclr-only-crop+color``); registered names always win.
+
 Documented deviations from torchvision's per-image transforms:
     * Crop boxes are continuous (sub-pixel) rather than rounded to whole pixels, so the sampled
       area fraction is exactly the drawn one; on 28-px images rounding would quantise it visibly.
@@ -36,6 +42,7 @@ import torch.nn.functional as F
 from sslbench.benchmark.errors import ConfigError, unknown_name
 
 __all__ = [
+    "AUGMENT_TRANSFORMS",
     "AugmentRecipe",
     "BatchAugment",
     "ViewParams",
@@ -47,6 +54,7 @@ __all__ = [
     "apply_view",
     "blur_kernel_size",
     "crop_resize",
+    "derive_augment_recipe",
     "gaussian_blur",
     "get_augment_recipe",
     "grayscale",
@@ -240,15 +248,182 @@ def list_augment_recipes() -> list[str]:
 
 
 def get_augment_recipe(name: str) -> AugmentRecipe:
-    """The recipe called ``name``.
+    """The recipe called ``name``: a registered one, or one derived from a registered one.
+
+    Registered names always win. Otherwise ``<base>-no-<t>[-no-<t2>...]`` is
+    ``derive_augment_recipe(base, drop=(t, t2, ...))`` and ``<base>-only-<t1>[+<t2>...]`` is
+    ``derive_augment_recipe(base, keep=(t1, t2, ...))``, named ``name``; the base is the longest
+    registered prefix (``simclr-no-color-no-blur`` derives from the registered
+    ``simclr-no-color``). Derived recipes are built on each call and never registered, so
+    :func:`list_augment_recipes` lists the registered ones only.
 
     Raises:
-        UnknownNameError: no such recipe (the message lists the valid ones).
+        UnknownNameError: neither a registered nor a derived name of a registered base (the
+            message lists the valid recipes and the derived syntax).
+        ConfigError: a derived name with an unknown, repeated or absent transform.
     """
-    try:
+    if name in _RECIPES:
         return _RECIPES[name]
-    except KeyError:
-        raise unknown_name("augmentation recipe", name, _RECIPES) from None
+    parsed = _parse_derived(name)
+    if parsed is None:
+        raise unknown_name("augmentation recipe", name, _RECIPES, _DERIVED_HINT) from None
+    base, mode, transforms = parsed
+    if mode == "no":
+        return derive_augment_recipe(base, drop=transforms, name=name)
+    return derive_augment_recipe(base, keep=transforms, name=name)
+
+
+# --------------------------------------------------------------------------------------------
+# Derived recipes (augmentation ablations by name)
+# --------------------------------------------------------------------------------------------
+
+#: The transforms a derived recipe can drop or keep; ``color`` is ``jitter`` and ``grayscale``.
+AUGMENT_TRANSFORMS: tuple[str, ...] = ("crop", "flip", "color", "jitter", "grayscale", "blur", "solarize")
+# Each transform as the elementary switches it covers.
+_PARTS: dict[str, tuple[str, ...]] = {
+    "crop": ("crop",), "flip": ("flip",), "color": ("jitter", "grayscale"), "jitter": ("jitter",),
+    "grayscale": ("grayscale",), "blur": ("blur",), "solarize": ("solarize",),
+}  # fmt: skip
+# How each elementary switch is turned off in a ViewSpec. Crop off = the whole image resized:
+# area fraction and aspect ratio fixed to 1 (on a non-square image, the centre square).
+_OFF: dict[str, dict[str, object]] = {
+    "crop": {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0)},
+    "flip": {"flip_p": 0.0},
+    "jitter": {"jitter_p": 0.0},
+    "grayscale": {"grayscale_p": 0.0},
+    "blur": {"blur_p": 0.0},
+    "solarize": {"solarize_p": 0.0},
+}
+_DERIVED_SYNTAX = (
+    "Derived names: <recipe>-no-<t>[-no-<t2>...] drops transforms from every view of a registered "
+    "recipe, <recipe>-only-<t1>[+<t2>...] keeps only those"
+)
+_TRANSFORMS_TEXT = f"{', '.join(AUGMENT_TRANSFORMS)} (color = jitter + grayscale)"
+_DERIVED_HINT = (
+    f"{_DERIVED_SYNTAX}; t is one of {_TRANSFORMS_TEXT}. `sslbench augmentations` lists the "
+    "registered recipes."
+)
+
+
+def _applies(spec: ViewSpec, part: str) -> bool:
+    """Whether view ``spec`` applies the elementary transform ``part`` at all."""
+    if part == "crop":
+        return spec.crop_scale != (1.0, 1.0) or spec.crop_ratio != (1.0, 1.0)
+    if part == "jitter":
+        strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
+        return spec.jitter_p > 0 and any(x > 0 for x in strengths)
+    p = {"flip": spec.flip_p, "grayscale": spec.grayscale_p, "blur": spec.blur_p, "solarize": spec.solarize_p}
+    return p[part] > 0
+
+
+def _applied(recipe: AugmentRecipe) -> list[str]:
+    """The transforms (:data:`AUGMENT_TRANSFORMS`) that some view of ``recipe`` applies."""
+    return [t for t in AUGMENT_TRANSFORMS if any(_applies(v, p) for v in recipe.views for p in _PARTS[t])]
+
+
+def _parse_derived(name: str) -> tuple[str, str, tuple[str, ...]] | None:
+    """``(base, "no" | "only", transforms)`` for a derived name of a registered base, else None
+    (and an error for a derived-looking name whose base is not registered)."""
+    rest, dropped = name, list[str]()
+    while rest not in _RECIPES:  # '-no-' suffixes, until the longest registered prefix
+        head, sep, token = rest.rpartition("-no-")
+        if not sep:
+            break
+        dropped.insert(0, token)
+        rest = head
+    if rest in _RECIPES and dropped:
+        return rest, "no", tuple(dropped)
+    at = name.rfind("-only-")
+    while at > 0:
+        if name[:at] in _RECIPES:
+            return name[:at], "only", tuple(name[at + len("-only-") :].split("+"))
+        at = name.rfind("-only-", 0, at)
+    if "-only-" in name or "-no-" in name:
+        base = name[: name.rfind("-only-")] if "-only-" in name else name.split("-no-")[0]
+        raise unknown_name(
+            "augmentation recipe",
+            base,
+            _RECIPES,
+            f"'{name}' reads as a recipe derived from '{base}', which is not registered. {_DERIVED_HINT}",
+        )
+    return None
+
+
+def _check_transforms(name: str, base: AugmentRecipe, transforms: Sequence[str]) -> list[str]:
+    """The elementary switches ``transforms`` name, after checking each is known, named once and
+    applied by some view of ``base``."""
+    parts: list[str] = []
+    for i, t in enumerate(transforms):
+        if t not in _PARTS:
+            raise ConfigError(
+                f"Augmentation recipe '{name}' names the transform '{t}', which a derived recipe "
+                f"cannot drop or keep.",
+                f"Valid transforms: {_TRANSFORMS_TEXT}. {_DERIVED_SYNTAX}.",
+            )
+        overlap = [p for p in _PARTS[t] if p in parts]
+        if overlap:
+            why = "" if t in transforms[:i] else " (color = jitter + grayscale)"
+            raise ConfigError(
+                f"Augmentation recipe '{name}' names '{overlap[0]}' twice{why}.", "Name each transform once."
+            )
+        if t not in _applied(base):
+            raise ConfigError(
+                f"Augmentation recipe '{name}' names '{t}', which no view of '{base.name}' applies, "
+                f"so it would not ablate anything.",
+                f"Choose among the transforms '{base.name}' applies: {', '.join(_applied(base))}.",
+            )
+        parts.extend(_PARTS[t])
+    return parts
+
+
+def derive_augment_recipe(
+    base: str, *, drop: Sequence[str] = (), keep: Sequence[str] | None = None, name: str | None = None
+) -> AugmentRecipe:
+    """A registered recipe with transforms turned off in every view (an augmentation ablation).
+
+    ``drop`` turns the named transforms off; ``keep`` turns off every transform except the named
+    ones. Off means: crop -> ``crop_scale = crop_ratio = (1, 1)`` (the whole image, resized to the
+    view's size); flip, jitter, grayscale, blur, solarize -> their probability 0; color -> jitter
+    and grayscale. Every other value (strengths, sizes, the number of views) stays the base's.
+
+    Args:
+        base: a registered recipe name.
+        drop: transforms to turn off (:data:`AUGMENT_TRANSFORMS`).
+        keep: transforms to keep, all others off; exclusive with ``drop``.
+        name: the derived recipe's name; default ``<base>-no-<t>...`` / ``<base>-only-<t>+...``.
+
+    Raises:
+        UnknownNameError: ``base`` is not registered.
+        ConfigError: an unknown or repeated transform, one no view of ``base`` applies, both or
+            neither of ``drop`` / ``keep``, or a ``keep`` that keeps every transform ``base`` has.
+    """
+    if base not in _RECIPES:
+        raise unknown_name("augmentation recipe", base, _RECIPES, "`sslbench augmentations` lists them.")
+    recipe = _RECIPES[base]
+    if (keep is None and not drop) or (keep is not None and (drop or not keep)):
+        raise ConfigError("derive_augment_recipe needs a non-empty drop or keep, not both.", "")
+    named = tuple(drop) if keep is None else tuple(keep)
+    if name is None:
+        name = base + ("".join(f"-no-{t}" for t in named) if keep is None else "-only-" + "+".join(named))
+    parts = _check_transforms(name, recipe, named)
+    off = parts if keep is None else [p for p in _OFF if p not in parts]
+    if keep is not None and not any(_applies(v, p) for v in recipe.views for p in off):  # a no-op
+        raise ConfigError(
+            f"Augmentation recipe '{name}' keeps every transform '{base}' applies: it is '{base}'.",
+            f"Use '{base}', or keep fewer transforms.",
+        )
+    changes: dict[str, object] = {k: v for p in off for k, v in _OFF[p].items()}
+    views = tuple(replace(v, **changes) for v in recipe.views)  # type: ignore[arg-type]
+    what = f"without {' and '.join(named)}" if keep is None else f"with only {' + '.join(named)}"
+    knobs = ", ".join(f"{k}={v}" for k, v in changes.items())
+    crop = ""
+    if "crop" in off:
+        crop = " Crop off = the whole image resized (on a non-square image, its centre square)."
+    source = (
+        f"Derived from '{base}' {what} in every view ({knobs}); an augmentation ablation by name "
+        f"(sslbench.benchmark.augment.derive_augment_recipe).{crop} Base '{base}': {recipe.source}"
+    )
+    return AugmentRecipe(name, views, source)
 
 
 # --------------------------------------------------------------------------------------------

@@ -140,23 +140,57 @@ def cmd_results(args: argparse.Namespace) -> int:
     from sslbench.results.aggregate import aggregate, load_runs
     from sslbench.results.tables import comparison_table, to_markdown, write_tables
 
-    runs = load_runs(tracking_uri=args.tracking_uri, experiment=args.experiment, kind="eval")
-    if runs.empty:
-        raise SSLBenchError(f"No finished evaluation runs in experiment '{args.experiment}'.",
-                            "Run `sslbench quickstart` or `sslbench pretrain --eval ...` first, or "
-                            "point --tracking-uri / --experiment at your store.")
+    if args.what == "export":
+        return _results_export(args)
+    runs, uri = _load_eval_runs(args)
     out = Path(args.out)
     if args.what == "table":
         agg = aggregate(runs, metrics=(args.metric,))
         paths = write_tables(agg, out, stem=args.stem, metric=args.metric)
         print(to_markdown(comparison_table(agg, metric=args.metric)))
         print(f"\nWrote {', '.join(str(p) for p in paths.values())}")
-    else:
+    elif args.what == "plot":
         from sslbench.results.plots import plot_accuracy_vs_batch_size
 
         paths = plot_accuracy_vs_batch_size(runs, out / args.stem, protocol=args.protocol,
                                             metric=args.metric)
         print(f"Wrote {', '.join(str(p) for p in paths)}")
+    elif args.what == "ablation":
+        from sslbench.results.ablation import write_ablation_report
+        from sslbench.results.reference import load_reference
+
+        pretrains = load_runs(tracking_uri=args.tracking_uri, experiment=args.experiment, kind="pretrain")
+        written = write_ablation_report(runs, pretrains, out, tracking_uri=args.tracking_uri,
+                                        protocol=args.protocol, metric=args.metric,
+                                        reference=load_reference(), baseline_augment=args.baseline_augment)
+        print(f"Wrote {', '.join(str(p) for p in written.values())}")
+    else:  # baselines
+        from sslbench.results.baselines import baseline_rows, to_csv
+        from sslbench.results.reference import load_reference
+
+        recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+        chosen = runs[runs["recipe"].isin(recipes)] if recipes else runs
+        rows = baseline_rows(chosen, command=args.command_text, metrics=[args.metric])
+        target = Path(args.out)
+        if target.suffix != ".csv":
+            raise SSLBenchError(f"results baselines writes one CSV file, not '{target}'.",
+                                "Pass --out results/reference/sslbench.csv (or another *.csv).")
+        from sslbench.benchmark.checkpoint import atomic_write_text
+
+        atomic_write_text(target, to_csv(rows))
+        load_reference(target.parent)  # the file must pass the schema it will be read with
+        print(f"Wrote {len(rows)} baseline rows to {target} (from {uri})")
+    return 0
+
+
+def _results_export(args: argparse.Namespace) -> int:
+    from sslbench.results.aggregate import aggregate, export_frame, load_runs
+
+    kind = None if args.kind == "all" else args.kind
+    runs = load_runs(tracking_uri=args.tracking_uri, experiment=args.experiment, kind=kind)
+    frame = aggregate(runs, metrics=(args.metric,)) if args.aggregated else runs
+    path = export_frame(frame, Path(args.out))
+    print(f"Wrote {len(frame)} rows to {path}")
     return 0
 
 
@@ -358,12 +392,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking(p)
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("results", help="aggregate MLflow runs into tables and plots")
-    p.add_argument("what", choices=("table", "plot"))
-    p.add_argument("--out", default="sslbench-output")
+    p = sub.add_parser("results", help="aggregate MLflow runs: tables, plots, ablations, exports",
+                       description="table: comparison table (Markdown + CSV); plot: accuracy vs batch "
+                                   "size; ablation: batch-size curves with the papers' overlaid, "
+                                   "drop-one augmentation table, pairwise heatmap, training curves, "
+                                   "accuracy vs compute; export: the run frame (or --aggregated) as "
+                                   "CSV or Parquet (by --out's suffix); baselines: sslbench's own "
+                                   "reference rows from the runs (results/reference/sslbench.csv).")
+    p.add_argument("what", choices=("table", "plot", "ablation", "export", "baselines"))
+    p.add_argument("--out", default="sslbench-output",
+                   help="folder (table, plot, ablation) or file (export: .csv/.parquet; baselines: .csv)")
     p.add_argument("--stem", default="results")
     p.add_argument("--metric", default="top1")
-    p.add_argument("--protocol", help="plot: one protocol only")
+    p.add_argument("--protocol", help="plot, ablation: one protocol only")
+    p.add_argument("--baseline-augment", help="ablation: the full augmentation recipe the drop-one "
+                                              "variants (<recipe>-no-<t>) are compared with")
+    p.add_argument("--kind", choices=("eval", "pretrain", "all"), default="eval", help="export: which runs")
+    p.add_argument("--aggregated", action="store_true", help="export: mean/std/n over seeds instead of runs")
+    p.add_argument("--recipes", default="simclr-quick,mocov2-quick,byol-quick,baseline",
+                   help="baselines: the recipes whose runs become baselines")
+    p.add_argument("--command-text", default="bash docs/results/regenerate.sh",
+                   help="baselines: the command that produced the runs (recorded as the source)")
     _add_tracking(p)
     p.set_defaults(fn=cmd_results)
 

@@ -256,6 +256,7 @@ _SCRIPT = r"""
     if (td === null) { return null; }
     var v = td.getAttribute("data-value");
     if (v !== null) { return parseFloat(v); }
+    if (td.classList.contains("num")) { return null; }  // a number column without one: missing
     var t = td.textContent.trim();
     return t === "" ? null : t;
   }

@@ -1,5 +1,7 @@
 """Batched augmentation: shapes, determinism, per-image ops against torchvision, statistics, registry."""
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -441,3 +443,127 @@ def test_bench_augment_runs_and_its_torchvision_pipeline_is_the_same_recipe(caps
                      "RandomSolarize", "ToDtype", "Normalize"]
     out = bench_augment.torchvision_view(view, 24, (0.0,) * 3, (1.0,) * 3)(_images(1, 3, 32)[0])
     assert out.shape == (3, 24, 24) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# Derived recipes: augmentation ablations by name
+
+# The knobs each transform turns off (crop off = the whole image resized).
+_KNOBS = {
+    "crop": {"crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0)}, "flip": {"flip_p": 0.0},
+    "jitter": {"jitter_p": 0.0}, "grayscale": {"grayscale_p": 0.0}, "color": {"jitter_p": 0.0, "grayscale_p": 0.0},
+    "blur": {"blur_p": 0.0}, "solarize": {"solarize_p": 0.0},
+}  # fmt: skip
+
+
+def _expected(base: str, *transforms: str) -> tuple[ViewSpec, ...]:
+    off = {k: v for t in transforms for k, v in _KNOBS[t].items()}
+    return tuple(dataclasses.replace(v, **off) for v in A.get_augment_recipe(base).views)
+
+
+@pytest.mark.parametrize("base, t", [("byol", t) for t in A.AUGMENT_TRANSFORMS] + [("fmnist-quick", "color"),
+                                     ("fmnist-quick", "crop"), ("multicrop-small", "grayscale")])
+def test_no_recipe_turns_exactly_the_named_knobs_off(base, t):
+    recipe = A.get_augment_recipe(f"{base}-no-{t}")
+    assert recipe.name == f"{base}-no-{t}"
+    assert recipe.views == _expected(base, t)  # every other field (strengths, sizes, views) is the base's
+    assert recipe.views != A.get_augment_recipe(base).views
+    assert f"Derived from '{base}'" in recipe.source and A.get_augment_recipe(base).source in recipe.source
+
+
+def test_no_recipes_combine_in_any_order():
+    a = A.get_augment_recipe("byol-no-blur-no-solarize")
+    b = A.get_augment_recipe("byol-no-solarize-no-blur")
+    assert a.views == b.views == _expected("byol", "blur", "solarize")
+    assert (a.name, b.name) == ("byol-no-blur-no-solarize", "byol-no-solarize-no-blur")
+    assert A.get_augment_recipe("simclr-no-crop-no-flip-no-color-no-blur").views == _expected(
+        "simclr", "crop", "flip", "color", "blur")
+    assert A.derive_augment_recipe("byol", drop=["blur", "solarize"]).views == a.views
+    assert A.derive_augment_recipe("byol", drop=["blur"]).name == "byol-no-blur"
+
+
+def test_only_recipe_keeps_exactly_the_named_transforms():
+    assert A.get_augment_recipe("simclr-only-crop+color").views == _expected("simclr", "flip", "blur", "solarize")
+    assert A.get_augment_recipe("simclr-only-color+crop").views == _expected("simclr", "flip", "blur", "solarize")
+    only_flip = A.get_augment_recipe("byol-only-flip").views
+    assert only_flip == _expected("byol", "crop", "color", "blur", "solarize")
+    assert only_flip[0].crop_scale == only_flip[0].crop_ratio == (1.0, 1.0) and only_flip[0].flip_p == 0.5
+    jitter = A.get_augment_recipe("simclr-only-crop+jitter").views[0]
+    assert (jitter.jitter_p, jitter.grayscale_p, jitter.brightness) == (0.8, 0.0, 0.8)
+    assert "with only crop + jitter" in A.get_augment_recipe("simclr-only-crop+jitter").source
+    assert A.derive_augment_recipe("simclr", keep=["crop", "color"]).name == "simclr-only-crop+color"
+
+
+def test_registered_names_win_and_are_the_longest_base():
+    registered = A.get_augment_recipe("simclr-no-color")  # registered: derived from simclr-small
+    assert "Derived" not in registered.source and registered.views[0].blur_p == 0.0
+    assert A.get_augment_recipe("simclr-no-color-no-flip").views == _expected("simclr-no-color", "flip")
+    assert A.get_augment_recipe("crop-only-no-flip").views == _expected("crop-only", "flip")  # not crop + '-only-'
+    assert A.get_augment_recipe("crop-only-only-flip").views == _expected("crop-only", "crop")
+    assert A.get_augment_recipe("simclr-small-no-color").views == _expected("simclr-small", "color")
+
+
+def test_derived_recipes_are_not_listed():
+    before = A.list_augment_recipes()
+    A.get_augment_recipe("byol-no-blur")
+    assert A.list_augment_recipes() == before and "byol-no-blur" not in before
+
+
+def test_crop_off_is_the_whole_image_resized():
+    x = _images(6, 3, 16)
+    crop_off = A.get_augment_recipe("crop-only-no-crop")  # flip only
+    out = BatchAugment(crop_off, [0.0] * 3, [1.0] * 3, 16)(x, _gen(0))[0]
+    ref = x.float() / 255
+    same = [torch.allclose(o, r, atol=1e-6) or torch.allclose(o, r.flip(-1), atol=1e-6) for o, r in zip(out, ref)]
+    assert all(same)
+    small = dataclasses.replace(crop_off.views[0], size=8, flip_p=0.0)
+    resized = BatchAugment(AugmentRecipe("t", (small,), "t"), [0.0] * 3, [1.0] * 3, 16)(x, _gen(0))[0]
+    torch.testing.assert_close(resized, F.interpolate(ref, size=(8, 8), mode="bilinear", align_corners=False))
+
+
+@pytest.mark.parametrize("name, error, fragments", [
+    ("byol-no-colour", ConfigError, ["'colour'", "Valid transforms: crop, flip, color, jitter, grayscale, blur, solarize"]),
+    ("byol-only-crop+", ConfigError, ["transform ''", "Valid transforms"]),
+    ("byol-no-flip-no-flip", ConfigError, ["'flip' twice"]),
+    ("byol-no-color-no-jitter", ConfigError, ["'jitter' twice (color = jitter + grayscale)"]),
+    ("fmnist-quick-no-blur", ConfigError, ["no view of 'fmnist-quick' applies", "crop, flip, color, jitter"]),
+    ("fmnist-quick-only-solarize", ConfigError, ["'solarize', which no view"]),
+    ("fmnist-quick-only-crop+flip+color", ConfigError, ["keeps every transform 'fmnist-quick' applies"]),
+    ("byoll-no-blur", UnknownNameError, ["Unknown augmentation recipe 'byoll'", "Did you mean 'byol'",
+                                         "derived from 'byoll'", "<recipe>-no-<t>"]),
+    ("nope-only-crop", UnknownNameError, ["Unknown augmentation recipe 'nope'", "Valid augmentation recipes"]),
+    ("nope", UnknownNameError, ["Unknown augmentation recipe 'nope'", "<recipe>-only-<t1>[+<t2>...]"]),
+])  # fmt: skip
+def test_derived_name_errors(name, error, fragments):
+    with pytest.raises(error) as info:
+        A.get_augment_recipe(name)
+    msg = str(info.value)
+    assert "\n" not in msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+
+
+def test_derive_needs_drop_or_keep():
+    for kwargs in ({}, {"drop": ["blur"], "keep": ["crop"]}, {"keep": []}):
+        with pytest.raises(ConfigError, match="drop or keep"):
+            A.derive_augment_recipe("byol", **kwargs)
+    with pytest.raises(UnknownNameError):
+        A.derive_augment_recipe("nope", drop=["blur"])
+
+
+def test_derived_name_passes_config_overrides_hash_and_the_cli(capsys):
+    from sslbench.benchmark.cli import main
+    from sslbench.benchmark.recipes import resolve
+    from sslbench.benchmark.sweep import expand, sweep_from_dict
+
+    base = resolve("simclr-quick")
+    cfg = resolve("simclr-quick", ["augment=fmnist-quick-no-color"])
+    assert cfg.augment == "fmnist-quick-no-color" and cfg.hash() != base.hash()
+    assert A.get_augment_recipe(cfg.augment).views == _expected("fmnist-quick", "color")
+    assert main(["config", "--recipe", "simclr-quick", "--set", "augment=fmnist-quick-no-color"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["augment"] == "fmnist-quick-no-color" and printed["config_hash"] == cfg.hash()
+    spec = sweep_from_dict({"recipe": "simclr-quick", "name": "aug",
+                            "axes": {"augment": ["fmnist-quick", "fmnist-quick-no-color", "fmnist-quick-only-crop"]}})
+    assert sorted(c.config.augment for c in expand(spec)) == [
+        "fmnist-quick", "fmnist-quick-no-color", "fmnist-quick-only-crop"]
