@@ -73,9 +73,10 @@ def resolve(recipe: str, overrides: Iterable[str] | Mapping[str, object] = ()) -
     """A recipe with strict ``key=value`` overrides applied and method hyperparameters validated.
 
     Raises:
-        UnknownNameError: unknown recipe or method.
-        ConfigError: unknown key or wrongly typed value.
+        UnknownNameError: unknown recipe, method or augmentation recipe.
+        ConfigError: unknown key, wrongly typed value, or a bad derived augmentation name.
     """
+    from sslbench.benchmark.augment import get_augment_recipe
     from sslbench.methods import get_method
 
     base = dataclasses.replace(get_recipe(recipe).config, recipe=recipe)
@@ -83,7 +84,9 @@ def resolve(recipe: str, overrides: Iterable[str] | Mapping[str, object] = ()) -
         parse_override(o) for o in overrides]
     # method.* keys are validated against the final method (which may itself be overridden).
     method = next((str(v) for k, v in pairs if k == "method"), base.method)
-    return apply_overrides(base, dict(pairs), get_method(method).config)
+    cfg = apply_overrides(base, dict(pairs), get_method(method).config)
+    get_augment_recipe(cfg.augment)  # a typo fails here (and in `sweep plan`), not at training
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 #: Methods that are untrained baselines, never a curve of their own.
-BASELINE_METHODS = frozenset({T.RANDOM_INIT_METHOD, "raw-pixels"})
+BASELINE_METHODS = T.BASELINE_METHODS
 BASELINE_AUGMENT = "none"
 #: The configuration columns (besides method, batch size and seed) that tell series apart.
 CONFIG_COLUMNS: tuple[str, ...] = (T.TAG_DATASET, T.TAG_BACKBONE, T.TAG_EPOCHS, T.TAG_AUGMENT)

@@ -35,7 +35,6 @@ ROW_KEYS: tuple[str, ...] = (
 )  # fmt: skip
 #: Protocols ranked by, in order of preference, when the caller names none present.
 PRIMARY_PREFERENCE: tuple[str, ...] = ("linear", "linear-augmented", "knn-k20-t0.07", "knn-k200-t0.1")
-BASELINE_METHODS = frozenset({T.RANDOM_INIT_METHOD, "raw-pixels"})
 
 
 def protocol_metric(protocol: str) -> str:

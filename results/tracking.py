@@ -122,6 +122,9 @@ INT_TAGS: tuple[str, ...] = (TAG_BATCH_SIZE, TAG_EPOCHS, TAG_SEED)
 
 #: The method name of the untrained baseline (``epochs`` 0).
 RANDOM_INIT_METHOD = "random-init"
+RAW_PIXELS_METHOD = "raw-pixels"
+#: The untrained reference points: not methods, kept out of method curves.
+BASELINE_METHODS = frozenset({RANDOM_INIT_METHOD, RAW_PIXELS_METHOD})
 
 # --- Params and artifacts ---------------------------------------------------------------------
 DERIVED_PARAM_PREFIX = "derived."
