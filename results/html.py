@@ -15,8 +15,9 @@ from typing import Any
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem; color: #1b1f24; }
 h1 { font-size: 1.35rem; margin: 0 0 .3rem; } .meta { color: #57606a; margin: 0 0 1rem; }
-table { border-collapse: collapse; margin: .5rem 0 1.2rem; } caption { text-align: left; color: #57606a; }
-th, td { border-bottom: 1px solid #d0d7de; padding: .3rem .55rem; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; margin: .5rem 0 1.2rem; font-size: 13px; }
+.caption { color: #57606a; max-width: 72rem; margin: .3rem 0; }
+th, td { border-bottom: 1px solid #d0d7de; padding: .3rem .55rem; text-align: left; vertical-align: top; white-space: nowrap; }
 th { background: #f6f8fa; position: sticky; top: 0; white-space: nowrap; }
 th.sortable { cursor: pointer; user-select: none; } th.sortable:after { content: " \\2195"; color: #8c959f; }
 th[aria-sort="ascending"]:after { content: " \\2191"; color: #1b1f24; }
@@ -93,8 +94,8 @@ def table(
     )
     trs = row_attrs or [""] * len(rows)
     body = "\n".join(f"<tr{a}>{''.join(cells)}</tr>" for a, cells in zip(trs, rows, strict=True))
-    cap = f"<caption>{caption}</caption>" if caption else ""
+    cap = f'<p class="caption">{caption}</p>\n' if caption else ""
     return (
-        f'<table id="{esc(table_id)}">{cap}<thead><tr>{head}</tr></thead>\n'
+        f'{cap}<table id="{esc(table_id)}"><thead><tr>{head}</tr></thead>\n'
         f"<tbody>\n{body}\n</tbody></table>"
     )

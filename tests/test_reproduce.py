@@ -61,8 +61,10 @@ def test_packaged_reference_spot_checks() -> None:
         return rows.iloc[0]
 
     # PAPERS.md §3.2, BYOL Table 16: BYOL at batch 128, 300 epochs: 69.6 ± 0.5.
-    r = one(method="byol", ablation="batch_size", batch_size=128, metric="top1", reported_by="BYOL paper")
-    assert (r["value"], r["std"]) == (69.6, 0.5)
+    r = one(method="byol", ablation="batch_size", batch_size=128, metric="top1", source="BYOL paper Table 16")
+    assert (r["value"], r["std"], r["epochs"], r["dataset"]) == (69.6, 0.5, 300, "imagenet")
+    r = one(method="simclr", ablation="batch_size", batch_size=64, metric="top1", reported_by="BYOL paper")
+    assert (r["value"], r["std"]) == (59.2, 2.9)  # SimCLR as re-run by BYOL
     # ANCHORS.md §3.1: solo-learn BYOL CIFAR-10, online linear, 92.58.
     r = one(method="byol", dataset="cifar10", reported_by="solo-learn", metric="top1")
     assert r["value"] == 92.58 and r["protocol"] == "linear-online"
