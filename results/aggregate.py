@@ -6,9 +6,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
+import uuid
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -47,6 +52,17 @@ METRIC_PREFIX = "metric."  # only for a metric whose name clashes with a tag or 
 DEFAULT_BY: tuple[str, ...] = ("method", "dataset", "backbone", "batch_size", "epochs", "protocol")
 DEFAULT_METRICS: tuple[str, ...] = (T.METRIC_TOP1, T.METRIC_TOP5)
 
+#: Runs per ``search_runs`` call in :func:`load_runs` (as ``mlflow.search_runs`` pages its
+#: DataFrames). MLflow pages by offset, so every page sorts all matching runs again (~0.1 s per
+#: page with 10,000 of them): small pages make large stores quadratic. Larger pages buy nothing
+#: more but memory: a page is held at once as SQLAlchemy rows and MLflow entities, ~100 kB per
+#: run with ~70 tags and params, and a server builds it in one request.
+SEARCH_PAGE_SIZE = 10_000
+_MLFLOW_MAX_PAGE = 50_000  # mlflow.store.tracking.SEARCH_MAX_RESULTS_THRESHOLD, also the server's cap
+_MLFLOW_DEFAULT_PAGE = 1000  # SEARCH_MAX_RESULTS_DEFAULT: every MLflow server accepts it
+#: The suffixes :func:`export_frame` accepts: CSV and Parquet.
+EXPORT_SUFFIXES: tuple[str, ...] = (".csv", ".parquet")
+
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
@@ -78,8 +94,9 @@ def load_runs(
     experiment: str = T.DEFAULT_EXPERIMENT,
     kind: str | None = T.KIND_EVAL,
     finished_only: bool = True,
+    page_size: int | None = None,
 ) -> pd.DataFrame:
-    """All runs of an experiment, one row per run.
+    """All runs of an experiment, one row per run, earliest start first.
 
     Columns: ``run_id``, ``parent_run_id``, ``run_name``, ``status``, ``start_time``,
     ``end_time`` (UTC timestamps), every tag (``batch_size``, ``epochs``, ``seed`` as nullable
@@ -87,14 +104,27 @@ def load_runs(
     and every param prefixed ``param.``. The columns in :data:`IDENTITY_COLUMNS` are always there
     (NA where a run lacks the tag). A missing store or experiment gives an empty frame.
 
+    Works on any tracking URI (SQLite, a database, an ``mlflow server``): it pages through
+    MLflow's ``search_runs``, :data:`SEARCH_PAGE_SIZE` runs a page, falling back to
+    MLflow's default page of 1,000 runs where a server refuses a page that large.
+
     Args:
         tracking_uri: see :func:`sslbench.results.tracking.resolve_tracking_uri`.
         experiment: the MLflow experiment name.
         kind: only runs with this ``kind`` tag (``"eval"``, ``"pretrain"``); None for all.
         finished_only: only runs whose status is FINISHED (drops FAILED, KILLED, RUNNING).
+        page_size: runs per ``search_runs`` call (default :data:`SEARCH_PAGE_SIZE`); at most
+            50,000, MLflow's limit.
+
+    Raises:
+        SSLBenchError: the store or server cannot be reached or read.
+        ValueError: ``page_size`` is not in [1, 50,000].
     """
     from mlflow.entities import ViewType
 
+    page = SEARCH_PAGE_SIZE if page_size is None else page_size
+    if not 1 <= page <= _MLFLOW_MAX_PAGE:
+        raise ValueError(f"page_size must be in [1, {_MLFLOW_MAX_PAGE}], got {page_size}.")
     uri = T.resolve_tracking_uri(tracking_uri)
     sqlite = T._sqlite_path(uri)
     if sqlite is not None and not sqlite.exists():
@@ -107,23 +137,67 @@ def load_runs(
         filters.append(f"tags.{T.TAG_KIND} = {_quote(kind)}")
     if finished_only:
         filters.append("attributes.status = 'FINISHED'")
+
+    def search(max_results: int, token: str | None) -> Any:
+        return client.search_runs(
+            [experiment_id],
+            filter_string=" and ".join(filters),
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=max_results,
+            # MLflow breaks ties by run id, so pages never overlap or skip a run.
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+
     rows: list[dict[str, Any]] = []
-    token: str | None = None
-    with T._guard(uri, "searching runs"):
-        while True:
-            page = client.search_runs(
-                [experiment_id],
-                filter_string=" and ".join(filters),
-                run_view_type=ViewType.ACTIVE_ONLY,
-                max_results=1000,  # MLflow pages at most this many; the token fetches the rest
-                order_by=["attributes.start_time ASC"],
-                page_token=token,
-            )
-            rows.extend(_row(run) for run in page)
-            token = page.token
-            if not token:
-                break
-    return _frame(rows)
+    seen: set[str] = set()
+    with _gc_paused():
+        with T._guard(uri, "searching runs"):
+            try:
+                runs = search(page, None)
+            except Exception as exc:
+                if not _refused_page_size(exc, page):
+                    raise
+                page = _MLFLOW_DEFAULT_PAGE  # a server with a lower limit than MLflow's own
+                runs = search(page, None)
+            while True:
+                for run in runs:
+                    # Pages are offsets into the sorted matches: a run that finishes meanwhile
+                    # shifts the next page by one and comes again.
+                    if run.info.run_id not in seen:
+                        seen.add(run.info.run_id)
+                        rows.append(_row(run))
+                if not runs.token:
+                    break
+                runs = search(page, runs.token)
+        return _frame(rows)
+
+
+def _refused_page_size(exc: BaseException, page: int) -> bool:
+    """Whether ``exc`` is a server refusing ``max_results=page`` (a store or server whose limit is
+    lower than MLflow's 50,000), so that a smaller page may succeed."""
+    return (
+        page > _MLFLOW_DEFAULT_PAGE
+        and getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE"
+        and "max_results" in str(exc)
+    )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pauses Python's cyclic garbage collector meanwhile (reference counting still frees memory).
+
+    A page of runs is hundreds of thousands of fresh SQLAlchemy and MLflow objects, and every few
+    hundred allocations the collector walks them again: two thirds of the time of reading 10,000
+    runs from SQLite goes there. The collector is switched back on after (if it was on).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -137,6 +211,74 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for col in T.INT_TAGS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     return frame.reset_index(drop=True)
+
+
+def export_frame(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Writes ``frame`` (e.g. from :func:`load_runs` or :func:`aggregate`) as CSV or Parquet.
+
+    The format follows the suffix of ``path``: ``.csv`` or ``.parquet`` (any case). The file is
+    written beside ``path`` under a temporary name, flushed to disk and renamed over ``path``, so
+    a reader sees the old file or the new one, never part of one; missing folders are created.
+    The index is not written.
+
+    Parquet (through pyarrow) keeps the dtypes: ``pd.read_parquet`` gives back the nullable
+    ``Int64`` columns, the UTC timestamps, strings and NA as they were. CSV keeps the values
+    only: ``pd.read_csv`` reads integers with a missing value as floats, timestamps as text
+    (``parse_dates=`` turns them back) and NA as empty fields.
+
+    Args:
+        frame: the frame to write.
+        path: where to write it, ending in ``.csv`` or ``.parquet``.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        SSLBenchError: ``path`` has another suffix, or a column holds values of mixed types,
+            which Parquet cannot store.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise SSLBenchError(
+            f"Cannot export to '{path}': the format is chosen by the file's suffix, and "
+            f"'{path.suffix or '(none)'}' names none.",
+            f"End the file name in {' or '.join(EXPORT_SUFFIXES)} (CSV keeps the values, "
+            "Parquet also the column types).",
+        )
+    if suffix == ".csv":
+        _atomic_write(path, lambda f: frame.to_csv(f, index=False, encoding="utf-8"))
+        return path
+    import pyarrow as pa
+
+    try:
+        _atomic_write(path, lambda f: frame.to_parquet(f, engine="pyarrow", index=False))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise SSLBenchError(
+            f"Cannot write '{path}' as Parquet: {'; '.join(map(str, exc.args))}.",
+            "Give that column one type (e.g. `frame[col].astype(str)`), or export as .csv.",
+        ) from None
+    return path
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Calls ``write(file)`` on a new file beside ``path``, fsyncs it and renames it over ``path``.
+
+    The same steps as :func:`sslbench.benchmark.checkpoint.atomic_write`, which cannot be used
+    here: that module imports torch (seconds), which reading results never needs. The file is
+    created with the umask's permissions (``tempfile.mkstemp`` would make it private to its owner).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _check_columns(runs: pd.DataFrame, wanted: Sequence[str], what: str) -> None:
