@@ -1,6 +1,6 @@
 """sslbench's own baselines: measured reference rows (``results/reference/sslbench.csv``).
 
-Like timm's results CSVs: the mean over seeds that sslbench measured at a recorded commit on the
+Like timm's results CSVs: the mean over seeds that sslbench measured at recorded commits on the
 embedded data, for every (method, dataset, backbone, epochs, batch size, protocol) of the runs
 given, written in the reference-table schema with provenance ``M``. A later change that breaks a
 method then shows up in ``sslbench reproduce`` as "not reproduced".
@@ -41,26 +41,20 @@ def baseline_rows(runs: pd.DataFrame, *, command: str, metrics: Sequence[str] = 
 
     Args:
         runs: the evaluation runs to summarise (``load_runs(kind="eval")``, filtered to the
-            configurations that should become baselines). They must share one git commit.
+            configurations that should become baselines). Every commit they ran at is recorded.
         command: the command that produced the runs, recorded in ``source``.
         metrics: one row per metric.
 
     Raises:
-        SSLBenchError: no runs, or runs from more than one commit (a baseline is measured at one).
+        SSLBenchError: no runs.
     """
     if runs.empty:
         raise SSLBenchError("No evaluation runs to make baselines from.", "Run the baseline sweep first.")
-    commits = sorted(set(runs[T.TAG_GIT_COMMIT].dropna().astype(str)))
-    if len(commits) != 1:
-        raise SSLBenchError(
-            f"Baselines are measured at one commit, but the runs come from {len(commits)}: {commits}.",
-            "Select the runs of one commit (e.g. a fresh store), or rerun the sweep.",
-        )
-    commit = commits[0]
     rows = []
     for key, group in runs.groupby(list(KEYS), dropna=False, sort=True):
         k = dict(zip(KEYS, key, strict=True))
         seeds = sorted(int(s) for s in group[T.TAG_SEED].dropna())
+        commits = sorted({str(c)[:12] for c in group[T.TAG_GIT_COMMIT].dropna()})
         for metric in metrics:
             values = pd.to_numeric(group[metric], errors="coerce").dropna()
             if values.empty:
@@ -76,7 +70,7 @@ def baseline_rows(runs: pd.DataFrame, *, command: str, metrics: Sequence[str] = 
                 "protocol": k[T.TAG_PROTOCOL], "protocol_detail": "sslbench protocol of that name",
                 "metric": metric, "value": round(float(values.mean()), 3),
                 "std": "" if math.isnan(std) else round(std, 3), "n_runs": len(values),
-                "source": f"sslbench commit {commit[:12]}: {command} (seeds {','.join(map(str, seeds))})",
+                "source": f"sslbench commit(s) {' '.join(commits)}: {command} (seeds {','.join(map(str, seeds))})",
                 "provenance": "M", "flag": "", "tolerance": tolerance(std), "reported_by": "sslbench",
                 "ablation": "", "augment": "",
                 "notes": "final-epoch numbers; 2-core CPU; mean over seeds, std ddof=1",

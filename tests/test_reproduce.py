@@ -176,3 +176,23 @@ def test_reproduce_edge_cases(store: ResultsStore, tmp_path: Path) -> None:
     paths = write_report(reproduce(runs, ref), tmp_path, "sqlite:///x.db")
     assert {p.suffix for p in paths.values()} == {".md", ".html", ".csv"}
     assert not math.isnan(pd.read_csv(paths["csv"])["mean"].iloc[0])
+
+
+def test_baseline_rows_from_runs_pass_the_schema_and_reproduce(store: ResultsStore, tmp_path: Path) -> None:
+    from sslbench.results.baselines import baseline_rows, to_csv, tolerance
+
+    assert tolerance(float("nan")) == 1.0 and tolerance(0.2) == 1.0 and tolerance(0.62) == 1.6
+    runs = load_runs(tracking_uri=store.uri, kind="eval")
+    rows = baseline_rows(runs, command="pytest")
+    assert len(rows) == len(RUNS)
+    simclr = rows[(rows["method"] == "simclr") & (rows["protocol"] == "linear")].iloc[0]
+    ci = mean_ci([89.6, 90.1, 90.9])
+    assert simclr["value"] == pytest.approx(ci.mean, abs=1e-3) and simclr["std"] == pytest.approx(ci.std, abs=1e-3)
+    assert simclr["tolerance"] == tolerance(ci.std) and simclr["n_runs"] == 3 and "seeds 0,1,2" in simclr["source"]
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "sslbench.csv").write_text(to_csv(rows))
+    ref = load_reference(tmp_path / "ref")  # what `results baselines` writes passes the schema
+    report = reproduce(runs, ref)
+    assert set(report["verdict"]) <= {REPRODUCED, WITHIN + " (single seed)"}  # runs reproduce themselves
+    with pytest.raises(SSLBenchError, match="No evaluation runs"):
+        baseline_rows(runs.iloc[:0], command="x")
