@@ -54,12 +54,14 @@ def _set_threads(threads: int) -> None:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    from sslbench.benchmark.engine import Tracking
     from sslbench.benchmark.quickstart import run_quickstart
 
     _set_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     run_quickstart(Path(args.out) if args.out else None, methods=methods, seed=args.seed,
-                   epochs=args.epochs, overrides=args.set, tracking=_tracking(args),
+                   epochs=args.epochs, overrides=args.set,
+                   tracking=Tracking(args.tracking_uri, args.experiment),
                    progress=not args.no_progress)
     return 0
 
@@ -152,9 +154,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     elif args.what == "plot":
         from sslbench.results.plots import plot_accuracy_vs_batch_size
 
-        paths = plot_accuracy_vs_batch_size(runs, out / args.stem, protocol=args.protocol,
-                                            metric=args.metric)
-        print(f"Wrote {', '.join(str(p) for p in paths)}")
+        images = plot_accuracy_vs_batch_size(runs, out / args.stem, protocol=args.protocol,
+                                             metric=args.metric)
+        print(f"Wrote {', '.join(str(p) for p in images)}")
     elif args.what == "ablation":
         from sslbench.results.ablation import write_ablation_report
         from sslbench.results.reference import load_reference
@@ -366,7 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-mlflow", action="store_true", help=argparse.SUPPRESS)
     _add_tracking(p)
     p.set_defaults(fn=cmd_quickstart)
 

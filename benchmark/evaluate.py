@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from sslbench.benchmark.datasets import ArrayDataset, load_dataset
+from sslbench.benchmark.datasets import ArrayDataset, FolderDataset, load_dataset
 from sslbench.benchmark.engine import Tracking
 from sslbench.protocols.run import ProtocolResult, evaluate
 from sslbench.protocols.spec import get_protocol
@@ -20,9 +20,9 @@ from sslbench.protocols.spec import get_protocol
 
 def load_eval_splits(dataset: str, *, data_dir: str | None = None, download: bool = False,
                      image_size: int | None = None, num_workers: int = 2,
-                     device: torch.device | str = "cpu") -> tuple[object, object]:
+                     device: torch.device | str = "cpu") -> tuple[ArrayDataset | FolderDataset, ArrayDataset | FolderDataset]:
     """Train and test splits for evaluation; in-memory data is moved to ``device`` once."""
-    splits = []
+    splits: list[ArrayDataset | FolderDataset] = []
     for split in ("train", "test"):
         ds = load_dataset(dataset, split, data_dir=data_dir, download=download,
                           image_size=image_size, num_workers=num_workers)

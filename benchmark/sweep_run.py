@@ -145,11 +145,11 @@ def plan(spec: SweepSpec) -> str:
     total, unknown = 0.0, 0
     for st in sts:
         secs, how = estimate_seconds(st.cell, runs)
-        todo = st.state != C.DONE
-        if todo and secs is not None:
+        pending = st.state != C.DONE
+        if pending and secs is not None:
             total += secs
-        unknown += todo and secs is None
-        cost = "-" if not todo else (f"{_hms(secs)} ({how})" if secs is not None else "unknown")
+        unknown += pending and secs is None
+        cost = "-" if not pending else (f"{_hms(secs)} ({how})" if secs is not None else "unknown")
         axes = " ".join(f"{k}={v}" for k, v in st.cell.assignment.items())
         lines.append(f"  {st.cell.id:{width}s}  {st.state:11s}  {cost:24s}  {axes}")
     done = sum(st.state == C.DONE for st in sts)

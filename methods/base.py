@@ -15,6 +15,7 @@ registered buffer, so ``state_dict()`` captures it and resume is exact.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ class StepOutput:
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def forward_views(module: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+def forward_views(module: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]) -> list[torch.Tensor]:
     """Runs ``module`` on each view, batching consecutive views of equal resolution together
     (one forward per resolution, as DINO's ``MultiCropWrapper``; batch norm then sees all views of
     a resolution at once, like SimCLR's global BN over 2N).

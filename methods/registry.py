@@ -24,7 +24,7 @@ class MethodEntry:
     """
 
     name: str
-    cls: type[Method]
+    cls: Callable[..., Method]  # a Method subclass, built as cls(encoder, feature_dim, config)
     config: type
     family: str
     paper: str
