@@ -267,6 +267,8 @@ def _sweep_spec(args: argparse.Namespace) -> SweepSpec:
         if args.out:
             raw["out"] = args.out
         spec = sweep_from_dict(raw, source=f"--name {args.name}")
+    if args.file and args.out:  # the folder can be moved for a file's sweep too
+        spec = dataclasses.replace(spec, out=Path(args.out))
     if args.tracking_uri or args.experiment:
         spec = dataclasses.replace(spec, tracking_uri=args.tracking_uri or spec.tracking_uri,
                                    experiment=args.experiment or spec.experiment)
@@ -455,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CLI form: a fixed override for every cell")
     p.add_argument("--protocols", default="", help="CLI form: protocols after each pretraining")
     p.add_argument("--name", default="cli-sweep", help="CLI form: the sweep's name")
-    p.add_argument("--out", help="CLI form: the sweep folder (default sslbench-sweeps/<name>)")
+    p.add_argument("--out", help="the sweep folder (default: the file's `out`, else sslbench-sweeps/<name>)")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--workers", type=int, help="local: cells at once (subprocesses when > 1)")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
