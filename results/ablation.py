@@ -777,6 +777,10 @@ def pairwise_heatmap(
             data = pd.DataFrame()
         for method in matrices:
             rows = data[(data[T.TAG_METHOD] == method) & (data[T.TAG_AUGMENT] == base)] if len(data) else data
+            mine = only[only[T.TAG_METHOD] == method]
+            for key in (T.TAG_DATASET, T.TAG_BACKBONE, T.TAG_EPOCHS, T.TAG_BATCH_SIZE):  # same setting
+                if len(rows) and key in rows.columns and key in mine.columns:
+                    rows = rows[rows[key].isin(set(mine[key].dropna()))]
             if len(rows):
                 full.append(f"{method} {rows[metric].mean():.1f}")
     seeds = _seed_counts(only, [T.TAG_METHOD, "_cell"])

@@ -72,7 +72,7 @@ def baseline_rows(runs: pd.DataFrame, *, command: str, metrics: Sequence[str] = 
                 "std": "" if math.isnan(std) else round(std, 3), "n_runs": len(values),
                 "source": f"sslbench commit(s) {' '.join(commits)}: {command} (seeds {','.join(map(str, seeds))})",
                 "provenance": "M", "flag": "", "tolerance": tolerance(std), "reported_by": "sslbench",
-                "ablation": "", "augment": "",
+                "ablation": "", "augment": "" if k[T.TAG_AUGMENT] in (None, "none") else k[T.TAG_AUGMENT],
                 "notes": "final-epoch numbers; 2-core CPU; mean over seeds, std ddof=1",
             })  # fmt: skip
     return pd.DataFrame(rows, columns=list(COLUMN_NAMES))

@@ -44,6 +44,9 @@ VERDICTS: tuple[str, ...] = (REPRODUCED, WITHIN, NOT_REPRODUCED, NOT_COMPARABLE)
 SINGLE_SEED = " (single seed)"
 #: sslbench protocol → the reference protocol names it measures the same thing as.
 PROTOCOL_ALIASES: dict[str, frozenset[str]] = {"linear-augmented": frozenset({"linear"})}
+#: Transform names of the ablation vocabulary (a bare one is a single-transform cell).
+AUGMENT_TRANSFORM_NAMES = frozenset({"crop", "cutout", "color", "colorjitter", "jitter", "grayscale",
+                                     "sobel", "noise", "blur", "rotate", "flip", "solarize"})
 _PROVENANCE_RANK = {"M": 0, "P": 0, "R": 0, "X": 1, "P-img": 2, "S": 3}
 COLUMNS: tuple[str, ...] = (
     "method", "dataset", "backbone", "epochs", "batch_size", "protocol", "augment", "metric",
@@ -86,6 +89,9 @@ def differences(group: dict[str, Any], row: pd.Series) -> list[str]:
             out.append(f"{key} {mine} vs ? (not stated)")
         elif mine != theirs:
             out.append(f"{key} {mine} vs {theirs}")
+    theirs_aug = _norm(row.get("augment"))
+    if theirs_aug is not None and theirs_aug != _norm(group.get(T.TAG_AUGMENT)):
+        out.append(f"augment {group.get(T.TAG_AUGMENT)} vs {theirs_aug}")
     mine_eval, theirs_eval = _norm(group.get(T.TAG_EVAL_DATASET)), _norm(row["eval_dataset"])
     mine_eval = mine_eval or _norm(group.get("dataset"))
     theirs_eval = theirs_eval or _norm(row["dataset"])
@@ -93,6 +99,14 @@ def differences(group: dict[str, Any], row: pd.Series) -> list[str]:
     if explicit and mine_eval != theirs_eval:  # (same-dataset evaluations differ only via dataset)
         out.append(f"eval_dataset {mine_eval} vs {theirs_eval}")
     return out
+
+
+def is_ablation_cell(augment: str) -> bool:
+    """Whether a reference row's ``augment`` is an augmentation-ablation cell (``baseline``,
+    ``-t``, ``t1+t2``, ``only:t``, a bare transform) rather than a recipe name or empty."""
+    a = augment.strip()
+    return bool(a) and (a == "baseline" or a.startswith(("-", "only:")) or "+" in a
+                        or a in AUGMENT_TRANSFORM_NAMES)
 
 
 def protocol_family(protocol: str | None) -> str:
@@ -171,7 +185,7 @@ def reproduce(
             "Load them with sslbench.results.aggregate.load_runs(kind='eval').",
         )
     data = runs if methods is None else runs[runs[T.TAG_METHOD].isin(list(methods))]
-    ref = reference[reference["augment"] == ""]  # augmentation-ablation cells: `results ablation`
+    ref = reference[~reference["augment"].map(is_ablation_cell)]  # those are `results ablation`'s
     out: list[dict[str, Any]] = []
     for metric in metrics:
         if metric not in data.columns:
@@ -241,11 +255,12 @@ def summary_table(report: pd.DataFrame) -> pd.DataFrame:
     """The report as display text: one row per line of the terminal / Markdown table."""
     cols = {
         "method": report["method"], "dataset": report["dataset"], "backbone": report["backbone"],
-        "epochs": report["epochs"], "batch": report["batch_size"], "protocol": report["protocol"],
-        "metric": report["metric"],
+        "epochs": report["epochs"], "batch": report["batch_size"], "augment": report["augment"],
+        "protocol": report["protocol"], "metric": report["metric"],
         "measured (95% CI)": [_measured(r) for _, r in report.iterrows()],
         "reference": [_reference(r) for _, r in report.iterrows()],
-        "Δ": [("+" if d > 0 else "") + _fmt(d) if not pd.isna(d) else "" for d in report["delta"]],
+        "Δ": [("+" if round(d, 2) > 0 else "") + _fmt(round(d, 2) + 0.0) if not pd.isna(d) else ""
+              for d in report["delta"]],
         "tol": [_fmt(t, 1) for t in report["tolerance"]],
         "verdict": report["verdict"], "differs": report["differs"].fillna(""),
         "source": [f"{s} ({p})" if isinstance(s, str) and s else "" for s, p in

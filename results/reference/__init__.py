@@ -60,7 +60,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("tolerance", "float", True, "absolute points within which a measurement matches"),
     Column("reported_by", "str", True, "paper, solo-learn, lightly, sslbench, or another paper"),
     Column("ablation", "str", False, "empty for a main result; else the ablated axis"),
-    Column("augment", "str", False, "augmentation-ablation cell: baseline, -t, t1+t2, only:t"),
+    Column("augment", "str", False, "an ablation cell (baseline, -t, t1+t2, only:t), or the "
+           "sslbench augmentation recipe a baseline row was measured with (then compared)"),
     Column("notes", "str", False, "caveats; the source document section"),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
