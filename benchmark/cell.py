@@ -46,7 +46,7 @@ class CellTask:
 
     def save(self) -> Path:
         """Writes ``cell.json`` atomically and returns its path."""
-        from sslbench.benchmark.checkpoint import atomic_write_text
+        from sslbench.benchmark.files import atomic_write_text
 
         return atomic_write_text(Path(self.run_dir) / TASK_FILE,
                                  json.dumps(asdict(self), indent=2, sort_keys=True))

@@ -177,7 +177,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         if target.suffix != ".csv":
             raise SSLBenchError(f"results baselines writes one CSV file, not '{target}'.",
                                 "Pass --out results/reference/sslbench.csv (or another *.csv).")
-        from sslbench.benchmark.checkpoint import atomic_write_text
+        from sslbench.benchmark.files import atomic_write_text
 
         atomic_write_text(target, to_csv(rows))
         load_reference(target.parent)  # the file must pass the schema it will be read with

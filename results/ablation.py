@@ -45,7 +45,7 @@ from scipy import stats
 from sslbench.benchmark.augment import AUGMENT_TRANSFORMS
 from sslbench.benchmark.errors import SSLBenchError
 from sslbench.results import tracking as T
-from sslbench.results.aggregate import PRETRAIN_PREFIX, attach_pretrain
+from sslbench.results.aggregate import PRETRAIN_PREFIX, attach_pretrain, device_hours
 from sslbench.results.plots import _save, _seed_counts, t_ci95
 from sslbench.results.stats import mean_ci, paired_comparison
 from sslbench.results.tables import to_markdown
@@ -972,9 +972,7 @@ def compute_figure(
             "Attach the pretraining runs: attach_pretrain(evals, load_runs(kind='pretrain')).",
         )
     data = runs_with_pretrain.copy()
-    world = (pd.to_numeric(data[WORLD_SIZE_COLUMN], errors="coerce") if WORLD_SIZE_COLUMN in data.columns
-             else pd.Series(np.nan, index=data.index))  # fmt: skip
-    data["_hours"] = pd.to_numeric(data[WALL_TIME_COLUMN], errors="coerce") * world.fillna(1.0) / 3600.0
+    data["_hours"] = device_hours(data)
     data.loc[~(data["_hours"] > 0), "_hours"] = np.nan
     data, proto = _prepare(data, metric, protocol, [T.TAG_BATCH_SIZE, "_hours"], "compute figure")
     data[T.TAG_BATCH_SIZE] = data[T.TAG_BATCH_SIZE].astype(float)

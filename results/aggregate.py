@@ -370,3 +370,20 @@ def attach_pretrain(evals: pd.DataFrame, pretrains: pd.DataFrame) -> pd.DataFram
     )
     joined.index = evals.index
     return joined
+
+
+def device_hours(runs_with_pretrain: pd.DataFrame) -> pd.Series:
+    """Pretraining cost per row in device-hours: ``pretrain.final/wall_time_s`` × the run's world
+    size (``pretrain.param.derived.world_size``, 1 when absent) / 3600; NaN without a wall time.
+
+    Args:
+        runs_with_pretrain: a frame from :func:`attach_pretrain`.
+    """
+    def column(name: str) -> pd.Series:
+        if name not in runs_with_pretrain.columns:
+            return pd.Series(np.nan, index=runs_with_pretrain.index, dtype=float)
+        return pd.to_numeric(runs_with_pretrain[name], errors="coerce").astype(float)
+
+    wall = column(PRETRAIN_PREFIX + T.METRIC_FINAL_WALL_TIME_S)
+    world = column(PRETRAIN_PREFIX + "param." + T.DERIVED_PARAM_PREFIX + "world_size")
+    return wall * world.fillna(1.0) / 3600.0

@@ -22,10 +22,10 @@ from typing import Any
 
 import pandas as pd
 
-from sslbench.benchmark.checkpoint import atomic_write_text
+from sslbench.benchmark.files import atomic_write_text
 from sslbench.results import html as H
 from sslbench.results import tracking as T
-from sslbench.results.aggregate import PRETRAIN_PREFIX, attach_pretrain
+from sslbench.results.aggregate import PRETRAIN_PREFIX, attach_pretrain, device_hours
 from sslbench.results.stats import mean_ci, order_probability
 from sslbench.results.tables import to_markdown
 
@@ -51,12 +51,6 @@ def _column(protocol: str, eval_dataset: Any, dataset: Any) -> str:
 
 def _num(series: pd.Series) -> pd.Series:
     return pd.to_numeric(series, errors="coerce").astype(float)
-
-
-def _device_hours(pre: pd.DataFrame) -> pd.Series:
-    wall = _num(pre.get(PRETRAIN_PREFIX + T.METRIC_FINAL_WALL_TIME_S, pd.Series(index=pre.index, dtype=float)))
-    world = _num(pre.get(PRETRAIN_PREFIX + "param.derived.world_size", pd.Series(index=pre.index, dtype=float)))
-    return wall * world.fillna(1.0) / 3600.0
 
 
 def build_leaderboard(
@@ -122,7 +116,7 @@ def build_leaderboard(
         if has_pre:
             pre = pre[pre[PRETRAIN_PREFIX + "run_id"].notna()]
             row["device"] = ",".join(sorted({str(d).split(":")[0] for d in pre.get(PRETRAIN_PREFIX + T.TAG_DEVICE, pd.Series(dtype=str)).dropna()}))
-            row["device_hours"] = float(_device_hours(pre).mean())
+            row["device_hours"] = float(device_hours(pre).mean())
             row["images_per_s"] = float(_num(pre.get(PRETRAIN_PREFIX + T.METRIC_FINAL_IMAGES_PER_S, pd.Series(dtype=float))).mean())
             row["peak_memory_mb"] = float(_num(pre.get(PRETRAIN_PREFIX + T.METRIC_FINAL_PEAK_MEMORY_MB, pd.Series(dtype=float))).mean())
             row["pretrain_run_ids"] = ",".join(pre[PRETRAIN_PREFIX + "run_id"].astype(str))

@@ -10,7 +10,6 @@ narrow to mean anything, so it is not used. One seed gives no error bar.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,21 @@ from matplotlib.axes import Axes
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
-from scipy import stats
 
 from sslbench.benchmark.errors import SSLBenchError
 from sslbench.results import tracking as T
+from sslbench.results.stats import mean_ci
 
 
 def t_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """The 95 % t confidence interval of the mean of ``values``; (mean, mean) for one value.
+    """The 95 % t confidence interval of the mean of ``values``; (mean, mean) for one value
+    (seaborn's ``errorbar`` callable; :func:`sslbench.results.stats.mean_ci` computes it).
 
     Args:
         values: one number per seed.
     """
-    x = np.asarray(values, dtype=float)
-    x = x[~np.isnan(x)]
-    mean = float(x.mean()) if x.size else math.nan
-    if x.size < 2:
-        return mean, mean
-    half = float(stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return mean - half, mean + half
+    ci = mean_ci(values)
+    return (ci.mean, ci.mean) if ci.n < 2 else (ci.lo, ci.hi)
 
 
 def _method_order(methods: Sequence[str]) -> list[str]:

@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from sslbench.benchmark.checkpoint import atomic_write_text
 from sslbench.benchmark.errors import SSLBenchError
+from sslbench.benchmark.files import atomic_write_text
 from sslbench.results import html as H
 from sslbench.results import tracking as T
 from sslbench.results.stats import mean_ci

@@ -20,8 +20,8 @@ from typing import Any
 
 import submitit
 
-from sslbench.benchmark.checkpoint import atomic_write_text
 from sslbench.benchmark.errors import SSLBenchError
+from sslbench.benchmark.files import atomic_write_text
 
 JOBS_FILE = "jobs.json"
 #: squeue states in which a job will still run (or is running): never submit its cell again.
