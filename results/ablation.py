@@ -46,7 +46,7 @@ from sslbench.benchmark.augment import AUGMENT_TRANSFORMS
 from sslbench.benchmark.errors import SSLBenchError
 from sslbench.results import tracking as T
 from sslbench.results.aggregate import PRETRAIN_PREFIX, attach_pretrain, device_hours
-from sslbench.results.plots import _save, _seed_counts, t_ci95
+from sslbench.results.plots import save_figure, seed_counts, t_ci95
 from sslbench.results.stats import mean_ci, paired_comparison
 from sslbench.results.tables import to_markdown
 
@@ -411,7 +411,7 @@ def batch_size_figure(
     ax_rel.set_title("change relative to a common batch size")
     ax_rel.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
-    seeds = _seed_counts(data, [T.TAG_METHOD, T.TAG_BATCH_SIZE])
+    seeds = seed_counts(data, [T.TAG_METHOD, T.TAG_BATCH_SIZE])
     config = _describe(data, keys)
     caption = (
         f"{metric} under protocol {proto} against pretraining batch size (log2 axis), per method. "
@@ -783,7 +783,7 @@ def pairwise_heatmap(
                     rows = rows[rows[key].isin(set(mine[key].dropna()))]
             if len(rows):
                 full.append(f"{method} {rows[metric].mean():.1f}")
-    seeds = _seed_counts(only, [T.TAG_METHOD, "_cell"])
+    seeds = seed_counts(only, [T.TAG_METHOD, "_cell"])
     caption = (
         f"{metric} under protocol {proto} of '{base}' reduced to one transform (diagonal, "
         f"'{base}-only-<a>') or two (below it, '{base}-only-<a>+<b>') in every view: mean over "
@@ -927,7 +927,7 @@ def training_curves_figure(
     runs_only = data.drop_duplicates("run_id")
     described = _config_columns(runs_only, exclude=[T.TAG_AUGMENT] if style else [])
     keys = [c for c in (T.TAG_METHOD, T.TAG_BATCH_SIZE, T.TAG_AUGMENT) if c in runs_only.columns]
-    seeds = _seed_counts(runs_only, keys)
+    seeds = seed_counts(runs_only, keys)
     caption = (
         f"Pretraining {metric} per epoch (a training metric, no evaluation protocol; values as "
         f"logged at the end of each epoch): one panel per method (losses of different methods are "
@@ -999,7 +999,7 @@ def compute_figure(
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    seeds = _seed_counts(data, [T.TAG_METHOD, T.TAG_BATCH_SIZE])
+    seeds = seed_counts(data, [T.TAG_METHOD, T.TAG_BATCH_SIZE])
     devices = []
     if DEVICE_COLUMN in data.columns:
         devices = sorted(data[DEVICE_COLUMN].dropna().astype(str).unique())
@@ -1135,7 +1135,7 @@ def write_ablation_report(
             lines.extend([f"*Skipped: {exc.problem}*", ""])
             return
         figure_no += 1
-        for path in _save(fig, out_dir / stem):
+        for path in save_figure(fig, out_dir / stem):
             paths[path.name] = path
         text = out_dir / f"{stem}.txt"
         text.write_text(caption + "\n", encoding="utf-8")

@@ -87,11 +87,11 @@ def build_leaderboard(
         _column(str(p), e, d) for p, e, d in
         zip(data[T.TAG_PROTOCOL], data[T.TAG_EVAL_DATASET], data[T.TAG_DATASET], strict=True)
     ]  # fmt: skip
-    data["_value"] = [
-        float(pd.to_numeric(r.get(protocol_metric(str(r[T.TAG_PROTOCOL]))), errors="coerce"))
-        if protocol_metric(str(r[T.TAG_PROTOCOL])) in data.columns else math.nan
-        for _, r in data.iterrows()
-    ]
+    wanted = data[T.TAG_PROTOCOL].astype(str).map(protocol_metric)  # each row's metric column
+    data["_value"] = math.nan
+    for metric in set(wanted) & set(data.columns):
+        rows = wanted == metric
+        data.loc[rows, "_value"] = _num(data.loc[rows, metric])
     best = data[T.METRIC_BEST_EPOCH_TOP1] if T.METRIC_BEST_EPOCH_TOP1 in data.columns else None
     data["_best"] = _num(best) if best is not None else math.nan
     data = data.dropna(subset=["_value"])

@@ -68,14 +68,14 @@ def _select(
     return data
 
 
-def _seed_counts(data: pd.DataFrame, keys: Sequence[str]) -> str:
+def seed_counts(data: pd.DataFrame, keys: Sequence[str]) -> str:
     """``"3 seeds"``, ``"1 seed"`` or ``"1–3 seeds"``: runs per plotted point."""
     n = data.groupby(list(keys), dropna=False).size()
     lo, hi = int(n.min()), int(n.max())
     return f"{lo} seed" if hi == 1 else (f"{lo} seeds" if lo == hi else f"{lo}–{hi} seeds")
 
 
-def _save(fig: Figure, out_prefix: Path) -> list[Path]:
+def save_figure(fig: Figure, out_prefix: Path) -> list[Path]:
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = [Path(f"{out_prefix}.png"), Path(f"{out_prefix}.svg")]
@@ -136,9 +136,9 @@ def plot_accuracy_vs_batch_size(
             ax.get_legend().remove()
     fig.suptitle(
         f"{metric} vs batch size — {', '.join(protocols)} — mean ± 95% t-CI over seeds "
-        f"({_seed_counts(pd.concat([data, baselines]), keys)} per point)"
+        f"({seed_counts(pd.concat([data, baselines]), keys)} per point)"
     )
-    return _save(fig, out_prefix)
+    return save_figure(fig, out_prefix)
 
 
 def _lineplot(trained: pd.DataFrame, metric: str, methods: list[str], palette: dict[str, Any],
@@ -216,7 +216,7 @@ def plot_method_comparison(
     ax.grid(axis="y", alpha=0.3)
     ax.margins(y=0.12)
     ax.legend(title="protocol", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    counts = _seed_counts(data, keys)
+    counts = seed_counts(data, keys)
     bars = f"mean ± 95% t-CI over seeds ({counts} per bar)" if multi_seed else f"{counts} per bar"
     ax.set_title(f"{metric} by method and protocol — {bars}")
-    return _save(fig, out_prefix)
+    return save_figure(fig, out_prefix)
