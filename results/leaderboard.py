@@ -90,8 +90,8 @@ def build_leaderboard(
     wanted = data[T.TAG_PROTOCOL].astype(str).map(protocol_metric)  # each row's metric column
     data["_value"] = math.nan
     for metric in set(wanted) & set(data.columns):
-        rows = wanted == metric
-        data.loc[rows, "_value"] = _num(data.loc[rows, metric])
+        mask = wanted == metric
+        data.loc[mask, "_value"] = _num(data.loc[mask, metric])
     best = data[T.METRIC_BEST_EPOCH_TOP1] if T.METRIC_BEST_EPOCH_TOP1 in data.columns else None
     data["_best"] = _num(best) if best is not None else math.nan
     data = data.dropna(subset=["_value"])
