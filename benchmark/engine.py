@@ -1,7 +1,7 @@
 """The one training loop every method runs under.
 
 Read top to bottom: schedules -> augmentation -> forward under autocast -> finite-loss check ->
-backward -> step -> ``on_step_end``; an atomic checkpoint after every epoch, then the epoch's
+backward -> ``before_optimizer_step`` -> step -> ``on_step_end``; an atomic checkpoint after every epoch, then the epoch's
 metrics to MLflow. All randomness after model initialisation is drawn from generators seeded
 by ``(seed, epoch)`` (and the rank, for augmentation under data parallelism), so a run resumed
 from an epoch checkpoint continues exactly as an uninterrupted one would (bit-identical weights
@@ -39,7 +39,7 @@ from sslbench.benchmark.distributed import (
 from sslbench.benchmark.errors import CheckpointError, ConfigError, NonFiniteLossError, SSLBenchError
 from sslbench.benchmark.optim import build_optimizer, set_lr
 from sslbench.benchmark.schedules import warmup_cosine
-from sslbench.methods import Method, get_method
+from sslbench.methods import Method, StepContext, get_method
 from sslbench.results.tracking import METRIC_FINAL_WALL_TIME_S, TAG_RUN_DIR
 
 CHECKPOINT_NAME = "last.pt"
@@ -102,12 +102,15 @@ def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729 + rank * 15_485_863) % (2**63 - 1)
 
 
-def build_method(cfg: Config, in_chans: int, image_size: int) -> Method:
-    """Seeds the global RNG with ``train.seed`` and builds backbone + method (deterministic init)."""
+def build_method(cfg: Config, in_chans: int, image_size: int, num_samples: int = 0) -> Method:
+    """Seeds the global RNG with ``train.seed`` and builds backbone + method (deterministic init).
+
+    ``num_samples`` (the training split's size) reaches methods that keep per-image state.
+    """
     torch.manual_seed(cfg.train.seed)
     entry = get_method(cfg.method)
     backbone, dim = build_backbone(cfg.backbone, in_chans, image_size)
-    return entry.cls(backbone, dim, entry.config(**cfg.method_args))
+    return entry.build(backbone, dim, cfg.method_args, num_samples)
 
 
 def identity_tags(cfg: Config, device: torch.device) -> dict[str, str]:
@@ -203,7 +206,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
         train = train.to(device)  # in-memory data moves to the device once
     info = train.info
     image_size = cfg.data.image_size or info.image_size
-    method = build_method(cfg, info.channels, image_size).to(device)
+    method = build_method(cfg, info.channels, image_size, len(train)).to(device)
     if env.distributed and device.type == "cuda":  # global BN statistics (no SyncBN on CPU)
         method = cast(Method, nn.SyncBatchNorm.convert_sync_batchnorm(method))
     channels_last = _channels_last(cfg, device)
@@ -285,8 +288,10 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 views = augment(batch.images.to(device, non_blocking=True), aug_gen)
                 if channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch,
+                                  batch.indices.to(device, non_blocking=True), cfg.train.seed)
                 with _autocast(device, cfg.train.precision):
-                    out = model(views)
+                    out = model(views, ctx)
                 # The mean over ranks: the logged loss, and every rank stops on a non-finite one.
                 loss = mean_over_ranks(out.loss.detach().float()).item()
                 if not math.isfinite(loss):
@@ -298,8 +303,9 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                     )
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
+                method.before_optimizer_step(ctx)
                 optimizer.step()
-                hook_logs = method.on_step_end(out, step, derived.total_steps)
+                hook_logs = method.on_step_end(out, ctx)
                 loss_sum += loss
                 step += 1
             seconds = time.perf_counter() - t0

@@ -3,7 +3,9 @@
 Parameter groups come from ``Method.param_groups()``: each is a dict with ``params`` and, for
 biases and normalisation weights, ``weight_decay=0`` and ``lars_exclude=True`` (BYOL/SimCLR
 exclude them from both weight decay and LARS adaptation). The engine sets every group's ``lr``
-each step from the schedule, multiplied by the group's optional ``lr_scale``.
+each step from the schedule, multiplied by the group's optional ``lr_scale``; a group with
+``fixed_lr=True`` keeps the peak learning rate (x ``lr_scale``) throughout (SimSiam's predictor,
+``fix_pred_lr`` in the official code).
 """
 
 from __future__ import annotations
@@ -69,14 +71,20 @@ class LARS(torch.optim.Optimizer):
 def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """Builds the configured optimiser.
 
-    Groups without an explicit ``weight_decay`` get ``cfg.weight_decay``; the ``lr_scale`` and
-    ``lars_exclude`` keys are kept in the group for the engine and LARS.
+    Groups without an explicit ``weight_decay`` get ``cfg.weight_decay``; the ``lr_scale``,
+    ``fixed_lr`` and ``lars_exclude`` keys are kept in the group for the engine and LARS.
+
+    Args:
+        groups: the method's parameter groups.
+        cfg: the optimiser config.
+        lr: the peak (scaled) learning rate.
     """
     groups = [dict(g) for g in groups]
     for g in groups:
         g.setdefault("weight_decay", cfg.weight_decay)
         g.setdefault("lr_scale", 1.0)
         g.setdefault("lars_exclude", False)
+        g.setdefault("fixed_lr", False)
         g["lr"] = lr * g["lr_scale"]
     if cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
@@ -86,6 +94,7 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: OptimConfig, lr: float) -
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Sets every group's learning rate to ``lr x lr_scale``."""
+    """Sets every group's learning rate to ``lr x lr_scale`` (groups with ``fixed_lr`` keep theirs)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        if not g.get("fixed_lr", False):
+            g["lr"] = lr * g.get("lr_scale", 1.0)

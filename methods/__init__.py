@@ -4,8 +4,8 @@ Importing this package registers every method.
 """
 
 from sslbench.methods import byol, mocov2, simclr  # noqa: F401  (registration side effect)
-from sslbench.methods.base import Method, StepOutput, forward_views
+from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.registry import MethodEntry, get_method, list_methods, register_method
 
-__all__ = ["Method", "MethodEntry", "StepOutput", "forward_views", "get_method", "list_methods",
+__all__ = ["Method", "MethodEntry", "StepContext", "StepOutput", "forward_views", "get_method", "list_methods",
            "register_method"]

@@ -3,11 +3,18 @@
 Every method is an ``nn.Module`` subclass of :class:`Method` that
 
 * holds ``encoder`` (the backbone whose features the protocols evaluate) and its heads;
-* computes its loss in :meth:`Method.training_step` from a list of augmented views, without side
-  effects (no queue writes, no EMA updates in the forward pass);
-* applies its per-step state changes (EMA targets, queues) in :meth:`Method.on_step_end`,
-  which the engine calls after the optimiser step, with the global step;
+* computes its loss in :meth:`Method.training_step` from a list of augmented views and a
+  :class:`StepContext` (global step, schedule lengths, the images' dataset indices, the seed),
+  without side effects (no queue writes, no EMA updates in the forward pass);
+* may edit gradients in :meth:`Method.before_optimizer_step` (e.g. SwAV's prototypes and DINO's
+  last layer are frozen in the first epoch), called between ``backward`` and the optimiser step;
+* applies its per-step state changes (EMA targets, queues, memory banks) in
+  :meth:`Method.on_step_end`, which the engine calls after the optimiser step;
 * exposes :meth:`Method.param_groups` (biases and norms excluded from weight decay and LARS).
+
+The engine's order for one step is: ``out = method(views, ctx)`` -> finite check ->
+``out.loss.backward()`` -> ``method.before_optimizer_step(ctx)`` -> ``optimizer.step()`` ->
+``method.on_step_end(out, ctx)``.
 
 Anything a method must carry across a checkpoint (target networks, queues) is a submodule or a
 registered buffer, so ``state_dict()`` captures it and resume is exact.
@@ -36,6 +43,54 @@ class StepOutput:
     loss: torch.Tensor
     logs: dict[str, Any] = field(default_factory=dict)
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What the engine knows about a training step besides its images.
+
+    Schedules (EMA momentum, teacher temperature, freezing in the first epoch, a queue that starts
+    at epoch N) are pure functions of these numbers, so a resumed run continues exactly.
+
+    Attributes:
+        step: 0-based global step.
+        total_steps: steps in the whole run.
+        steps_per_epoch: optimisation steps per epoch (>= 1).
+        indices: the batch's positions in the training split (instance-discrimination methods:
+            InstDisc's memory bank), on the views' device; None where the caller has none.
+        seed: the run's seed; a method that samples (e.g. NCE negatives) seeds a generator from
+            ``(seed, step)`` so every random choice is reproducible.
+
+    Shape:
+        indices: (B,) int64, row i is the image of row i of every view.
+    """
+
+    step: int = 0
+    total_steps: int = 1
+    steps_per_epoch: int = 1
+    indices: torch.Tensor | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps_per_epoch < 1 or self.total_steps < 1 or self.step < 0:
+            raise ValueError(f"bad step context: step {self.step}, total_steps {self.total_steps}, "
+                             f"steps_per_epoch {self.steps_per_epoch}")
+
+    @property
+    def epoch(self) -> int:
+        """0-based epoch of this step."""
+        return self.step // self.steps_per_epoch
+
+    @property
+    def epoch_float(self) -> float:
+        """Fractional epoch at the start of this step (``step / steps_per_epoch``)."""
+        return self.step / self.steps_per_epoch
+
+    def generator(self, device: torch.device | str = "cpu", stream: int = 0) -> torch.Generator:
+        """A generator seeded by ``(seed, step, stream)``: the same draws on a resumed run."""
+        g = torch.Generator(device=device)
+        g.manual_seed((self.seed * 1_000_003 + self.step * 7_919 + stream * 104_729) % (2**63 - 1))
+        return g
 
 
 def forward_views(module: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -74,27 +129,33 @@ class Method(nn.Module):
         self.encoder = encoder
         self.feature_dim = feature_dim
 
-    def forward(self, views: list[torch.Tensor]) -> StepOutput:
+    def forward(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         """Same as :meth:`training_step`: the engine calls the method (or its
         ``DistributedDataParallel`` wrapper, whose gradient hooks are armed by ``forward``)."""
-        return self.training_step(views)
+        return self.training_step(views, ctx)
 
-    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         """Computes the loss for one batch of views.
 
+        Args:
+            views: the augmented views (at least ``num_views``; multi-crop recipes give more).
+            ctx: the step's context.
+
         Shape:
-            views: ``num_views`` tensors of shape (B, C, H_v, W_v).
+            views: tensors of shape (B, C, H_v, W_v).
         """
         raise NotImplementedError
 
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        """Edits gradients after ``backward`` and before the optimiser step (default: nothing)."""
+
     @torch.no_grad()
-    def on_step_end(self, out: StepOutput, step: int, total_steps: int) -> dict[str, float]:
+    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
         """Per-step state update after the optimiser step (EMA, queues); returns values to log.
 
         Args:
             out: this step's :class:`StepOutput`.
-            step: 0-based global step just completed.
-            total_steps: steps in the whole run (for schedules).
+            ctx: the context of the step just completed.
         """
         return {}
 

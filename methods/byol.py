@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sslbench.benchmark.schedules import cosine_momentum
-from sslbench.methods.base import Method, StepOutput, forward_views
+from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.losses import byol_loss
 from sslbench.methods.momentum import ema_update, momentum_copy
@@ -54,7 +54,7 @@ class BYOL(Method):
         self.target_encoder = momentum_copy(encoder)
         self.target_projector = momentum_copy(self.projector)
 
-    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         p1, p2 = forward_views(lambda x: self.predictor(self.projector(self.encoder(x))), views[:2])
         with torch.no_grad():
             z1, z2 = forward_views(lambda x: self.target_projector(self.target_encoder(x)), views[:2])
@@ -62,8 +62,8 @@ class BYOL(Method):
         return StepOutput(loss=byol_loss(p1, z2) + byol_loss(p2, z1))
 
     @torch.no_grad()
-    def on_step_end(self, out: StepOutput, step: int, total_steps: int) -> dict[str, float]:
-        m = cosine_momentum(step, total_steps, self.cfg.base_momentum)
+    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
+        m = cosine_momentum(ctx.step, ctx.total_steps, self.cfg.base_momentum)
         ema_update(self.target_encoder, self.encoder, m)
         ema_update(self.target_projector, self.projector, m)
         return {"ema_momentum": m}

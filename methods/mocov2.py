@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslbench.benchmark.distributed import gather_no_grad
-from sslbench.methods.base import Method, StepOutput, forward_views
+from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.losses import info_nce
 from sslbench.methods.momentum import FeatureQueue, ema_update, momentum_copy
@@ -70,7 +70,7 @@ class MoCoV2(Method):
             keys = forward_views(lambda x: self.key_projector(self.key_encoder(x)), views)
         return [F.normalize(k, dim=1) for k in keys]
 
-    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         tau, queue = self.cfg.temperature, self.queue.features
         if self.cfg.symmetric:
             q1, q2 = forward_views(lambda x: self.projector(self.encoder(x)), views[:2])
@@ -84,7 +84,7 @@ class MoCoV2(Method):
         return StepOutput(loss=loss, state={"keys": keys})
 
     @torch.no_grad()
-    def on_step_end(self, out: StepOutput, step: int, total_steps: int) -> dict[str, float]:
+    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
         # Order equals the repo's (momentum update before the next keys, enqueue after the loss).
         ema_update(self.key_encoder, self.encoder, self.cfg.momentum)
         ema_update(self.key_projector, self.projector, self.cfg.momentum)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
 
 from sslbench.benchmark.errors import unknown_name
 from sslbench.methods.base import Method
@@ -21,6 +24,8 @@ class MethodEntry:
         family: e.g. "contrastive", "distillation".
         paper: short citation with a link.
         default_recipe: the recipe ``sslbench pretrain --method NAME`` starts from.
+        needs_num_samples: the method keeps per-image state (InstDisc's memory bank) and is
+            built with the training split's size as ``num_samples=`` (see :meth:`build`).
     """
 
     name: str
@@ -29,13 +34,30 @@ class MethodEntry:
     family: str
     paper: str
     default_recipe: str
+    needs_num_samples: bool = False
+
+    def build(self, encoder: nn.Module, feature_dim: int, args: Mapping[str, Any],
+              num_samples: int = 0) -> Method:
+        """Validates ``args`` against the method's config dataclass and builds the method.
+
+        Args:
+            encoder: the backbone.
+            feature_dim: its output dimension.
+            args: the method's hyperparameters (``Config.method_args``).
+            num_samples: size of the training split (only methods with ``needs_num_samples``
+                receive it; they reject 0).
+        """
+        cfg = self.config(**args)
+        if self.needs_num_samples:
+            return self.cls(encoder, feature_dim, cfg, num_samples=num_samples)
+        return self.cls(encoder, feature_dim, cfg)
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, *, config: type, family: str, paper: str,
-                    default_recipe: str) -> Callable[[type[Method]], type[Method]]:
+def register_method(name: str, *, config: type, family: str, paper: str, default_recipe: str,
+                    needs_num_samples: bool = False) -> Callable[[type[Method]], type[Method]]:
     """Class decorator that registers a method under ``name``.
 
     Raises:
@@ -45,7 +67,7 @@ def register_method(name: str, *, config: type, family: str, paper: str,
     def wrap(cls: type[Method]) -> type[Method]:
         if name in _METHODS:
             raise ValueError(f"method '{name}' is already registered by {_METHODS[name].cls}")
-        _METHODS[name] = MethodEntry(name, cls, config, family, paper, default_recipe)
+        _METHODS[name] = MethodEntry(name, cls, config, family, paper, default_recipe, needs_num_samples)
         return cls
 
     return wrap

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sslbench.benchmark.distributed import gather_with_grad, is_initialized, rank
-from sslbench.methods.base import Method, StepOutput, forward_views
+from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.losses import nt_xent
 from sslbench.methods.registry import register_method
@@ -56,7 +56,7 @@ class SimCLR(Method):
         self.cfg = cfg
         self.projector = mlp(feature_dim, cfg.proj_hidden_dim, cfg.proj_dim, num_layers=cfg.proj_layers)
 
-    def training_step(self, views: list[torch.Tensor]) -> StepOutput:
+    def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         z1, z2 = forward_views(lambda x: self.projector(self.encoder(x)), views[:2])
         if self.cfg.gather_distributed and is_initialized():
             all_z1, all_z2 = gather_with_grad(z1), gather_with_grad(z2)

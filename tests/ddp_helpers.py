@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from sslbench.methods import StepContext
+
 WORLD_SIZE = 2
 BATCH = 8  # the joint batch; each of the 2 ranks takes 4 images
 IMAGE = 16
@@ -77,7 +79,7 @@ def build_case(case: str) -> torch.nn.Module:
     recipe, extra = CASES[case]
     method_name = recipe.split("-")[0]
     cfg = resolve(recipe, ["data.dataset=synthetic", "train.device=cpu", *HEADS[method_name], *extra])
-    method = build_method(cfg, 1, IMAGE).double()
+    method = build_method(cfg, 1, IMAGE, num_samples=BATCH).double()
     method.train()
     for m in method.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -92,17 +94,19 @@ def joint_views() -> list[torch.Tensor]:
 
 
 def train_step(method: torch.nn.Module, model: torch.nn.Module, views: list[torch.Tensor],
-               mean_loss: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
-    """forward -> backward -> SGD step -> ``on_step_end``, as the engine does; returns the loss,
-    the gradients and the state after the step."""
+               mean_loss: Callable[[torch.Tensor], torch.Tensor], indices: torch.Tensor) -> dict[str, Any]:
+    """forward -> backward -> ``before_optimizer_step`` -> SGD step -> ``on_step_end``, as the
+    engine does; returns the loss, the gradients and the state after the step."""
     params = [p for g in method.param_groups() for p in g["params"]]
     opt = torch.optim.SGD(params, lr=0.5)
-    out = model(views)
+    ctx = StepContext(step=0, total_steps=10, steps_per_epoch=10, indices=indices)
+    out = model(views, ctx)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
     trainable = {n for n, p in method.named_parameters() if p.requires_grad}
+    method.before_optimizer_step(ctx)
     opt.step()
-    method.on_step_end(out, 0, 10)
+    method.on_step_end(out, ctx)
     return {"loss": mean_loss(out.loss.detach()), "grads": grads, "trainable": trainable,
             "state": {k: v.clone() for k, v in method.state_dict().items()}}
 
@@ -110,7 +114,7 @@ def train_step(method: torch.nn.Module, model: torch.nn.Module, views: list[torc
 def single_process_step(case: str) -> dict[str, Any]:
     """The reference: one process, the joint batch."""
     method = build_case(case)
-    return train_step(method, method, joint_views(), lambda x: x)
+    return train_step(method, method, joint_views(), lambda x: x, torch.arange(BATCH))
 
 
 def ddp_step_worker(rank: int, world_size: int, cases: list[str], out_dir: str) -> None:
@@ -133,7 +137,8 @@ def ddp_step_worker(rank: int, world_size: int, cases: list[str], out_dir: str) 
             method = build_case(case)
             views = [v[rank * n:(rank + 1) * n] for v in joint_views()]
             model = wrap_ddp(method, torch.device("cpu"))  # exactly as the engine wraps it
-            results[case] = train_step(method, model, views, mean_over_ranks)
+            results[case] = train_step(method, model, views, mean_over_ranks,
+                                       torch.arange(rank * n, (rank + 1) * n))
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         teardown()

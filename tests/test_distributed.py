@@ -93,7 +93,7 @@ def test_simclr_without_gathering_uses_each_ranks_own_negatives(ddp_results):
     assert abs(float(got) - float(joint)) > 1e-3
     method, n = ddp.build_case("simclr-local-negatives"), ddp.BATCH // ddp.WORLD_SIZE
     views = ddp.joint_views()
-    halves = [method.training_step([v[r * n:(r + 1) * n] for v in views]).loss for r in range(ddp.WORLD_SIZE)]
+    halves = [method.training_step([v[r * n:(r + 1) * n] for v in views], ddp.StepContext(0, 10, 10)).loss for r in range(ddp.WORLD_SIZE)]
     torch.testing.assert_close(got, torch.stack(halves).mean().detach(), **TIGHT)
 
 

@@ -75,8 +75,8 @@ def test_nan_loss_names_the_step_and_keeps_last_good_checkpoint(tmp_path):
 
     original = SimCLR.training_step
 
-    def poisoned(self, views):
-        out = original(self, views)
+    def poisoned(self, views, ctx):
+        out = original(self, views, ctx)
         out.loss = out.loss * float("nan")
         return out
 

@@ -5,12 +5,15 @@ import copy
 import pytest
 import torch
 
+from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
 from sslbench.benchmark.backbones import build_backbone, list_backbones
+from sslbench.benchmark.engine import build_method
 from sslbench.benchmark.errors import ConfigError, UnknownNameError
-from sslbench.benchmark.optim import LARS
+from sslbench.benchmark.optim import LARS, build_optimizer
+from sslbench.benchmark.recipes import get_recipe, resolve
 from sslbench.benchmark.schedules import cosine_momentum
 from sslbench.methods import get_method, list_methods, register_method
-from sslbench.methods.base import Method, forward_views
+from sslbench.methods.base import Method, StepContext, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.momentum import FeatureQueue, ema_update
 
@@ -22,7 +25,7 @@ def small(name):
             "byol": dict(proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32)}[name]
     torch.manual_seed(0)
     backbone, dim = build_backbone("small-cnn", 1, 16)
-    return entry.cls(backbone, dim, entry.config(**args))
+    return entry.build(backbone, dim, args)
 
 
 def test_registry_lists_and_rejects():
@@ -33,31 +36,74 @@ def test_registry_lists_and_rejects():
         register_method("simclr", config=object, family="", paper="", default_recipe="")(Method)
 
 
-@pytest.mark.parametrize("name", ["simclr", "mocov2", "byol"])
-def test_two_steps_train_and_update_state(name):
-    method = small(name)
-    opt = torch.optim.SGD([p for g in method.param_groups() for p in g["params"]], lr=0.1)
-    g = torch.Generator().manual_seed(0)
-    views = [torch.randn(8, 1, 16, 16, generator=g) for _ in range(2)]
+def _smoke_setup(name):
+    """The method's default recipe on 28 px synthetic images, its own augmentation (all views,
+    multi-crop included), its own optimiser and parameter groups."""
+    entry = get_method(name)
+    cfg = resolve(entry.default_recipe, ["train.device=cpu"])
+    method = build_method(cfg, 1, 28, num_samples=64)
+    augment = BatchAugment(get_augment_recipe(cfg.augment), (0.5,), (0.25,), 28)
+    optimizer = build_optimizer(method.param_groups(), cfg.optim, 1e-3)
+    return method, augment, optimizer
+
+
+def _smoke_step(method, augment, optimizer, step):
+    """One engine step (forward, backward, before_optimizer_step, step, on_step_end) on a fixed
+    batch of step ``step``; returns the loss, the step's output and the hook's logs."""
+    g = torch.Generator().manual_seed(100 + step)
+    images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8, generator=g)
+    indices = torch.randperm(64, generator=g)[:16]
+    views = augment(images, torch.Generator().manual_seed(step))
+    ctx = StepContext(step=step, total_steps=4, steps_per_epoch=1, indices=indices, seed=0)
+    out = method(views, ctx)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    method.before_optimizer_step(ctx)
+    grads = {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}
+    optimizer.step()
+    logs = method.on_step_end(out, ctx)
+    return out.loss.detach(), grads, logs
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_registry_smoke_two_steps_and_exact_resume(name):
+    """Every registered method: two steps train (finite loss, gradients reach the encoder), its
+    frozen networks move only by their hook, and a checkpoint after step 1 resumes to the same
+    step 2 (loss and every tensor of the state)."""
+    method, augment, optimizer = _smoke_setup(name)
+    frozen = {n for n, p in method.named_parameters() if not p.requires_grad}
+    trained = {id(p) for g in method.param_groups() for p in g["params"]}
+    assert not any(id(p) in trained for n, p in method.named_parameters() if n in frozen), \
+        "a frozen (target) parameter is handed to the optimiser"
     before = copy.deepcopy(method.state_dict())
-    for step in range(2):
-        out = method.training_step(views)
-        assert torch.isfinite(out.loss)
-        opt.zero_grad()
-        out.loss.backward()
-        grads = [p.grad for p in method.encoder.parameters() if p.grad is not None]
-        assert grads and any(gr.abs().sum() > 0 for gr in grads), "no gradient reaches the encoder"
-        opt.step()
-        method.on_step_end(out, step, 10)
-    after = method.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
-    # frozen targets receive no gradient, only EMA updates
-    for mod_name in ("key_encoder", "target_encoder"):
-        if hasattr(method, mod_name):
-            assert all(not p.requires_grad for p in getattr(method, mod_name).parameters())
-            assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(mod_name + "."))
-            assert not any(p is q for p in getattr(method, mod_name).parameters()
-                           for g in method.param_groups() for q in g["params"])
+    loss0, grads, _ = _smoke_step(method, augment, optimizer, 0)
+    assert torch.isfinite(loss0), f"{name}: loss {loss0}"
+    enc = [g for n, g in grads.items() if n.startswith("encoder.")]
+    assert enc and any(g.abs().sum() > 0 for g in enc), f"{name}: no gradient reaches the encoder"
+    assert not frozen & set(grads), f"{name}: frozen parameters got gradients: {frozen & set(grads)}"
+    state1 = copy.deepcopy(method.state_dict())
+    opt1 = copy.deepcopy(optimizer.state_dict())
+    assert any(not torch.equal(before[k], state1[k]) for k in before if k.startswith("encoder."))
+    if frozen:  # EMA targets / key encoders move by the hook, after the optimiser step
+        assert any(not torch.equal(before[k], state1[k]) for k in frozen), f"{name}: target did not move"
+    loss1, _, _ = _smoke_step(method, augment, optimizer, 1)
+    assert torch.isfinite(loss1)
+    state2 = method.state_dict()
+
+    resumed, _, opt_r = _smoke_setup(name)
+    resumed.load_state_dict(state1)
+    opt_r.load_state_dict(opt1)
+    loss1_r, _, _ = _smoke_step(resumed, augment, opt_r, 1)
+    torch.testing.assert_close(loss1_r, loss1, rtol=1e-5, atol=1e-6)
+    for key, value in resumed.state_dict().items():
+        torch.testing.assert_close(value, state2[key], rtol=1e-5, atol=1e-6, msg=f"{name}: {key}")
+
+
+def test_registry_entries_are_complete():
+    for name in list_methods():
+        entry = get_method(name)
+        assert entry.family and "http" in entry.paper, name
+        assert get_recipe(entry.default_recipe).config.method == name, name
 
 
 def test_ema_closed_form_after_k_steps():
@@ -78,7 +124,7 @@ def test_byol_target_follows_cosine_momentum():
     with torch.no_grad():  # move the online network away from the target
         for p in method.encoder.parameters():
             p.add_(1.0)
-    logs = method.on_step_end(None, step=3, total_steps=10)
+    logs = method.on_step_end(None, StepContext(step=3, total_steps=10))
     m = cosine_momentum(3, 10, method.cfg.base_momentum)
     assert logs["ema_momentum"] == pytest.approx(m)
     key = "0.0.weight"
@@ -100,9 +146,9 @@ def test_mocov2_enqueues_this_steps_keys_only_after_the_loss():
     method = small("mocov2")
     views = [torch.randn(4, 1, 16, 16) for _ in range(2)]
     queue_before = method.queue.features.clone()
-    out = method.training_step(views)
+    out = method.training_step(views, StepContext())
     assert torch.equal(method.queue.features, queue_before), "forward must not touch the queue"
-    method.on_step_end(out, 0, 10)
+    method.on_step_end(out, StepContext())
     keys = out.state["keys"]
     assert keys.shape[0] == 8  # symmetric: both views' keys
     assert torch.allclose(method.queue.features[:8], keys)
@@ -154,3 +200,24 @@ def test_backbone_errors():
         build_backbone("resnet-does-not-exist", 3, 32)
     with pytest.raises(ConfigError, match="cannot process"):
         build_backbone("vit_tiny_patch16_224", 3, 8)
+
+
+def test_fixed_lr_group_keeps_the_peak_learning_rate():
+    from sslbench.benchmark.config import OptimConfig
+    from sslbench.benchmark.optim import set_lr
+
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = build_optimizer([{"params": [a]}, {"params": [b], "fixed_lr": True, "lr_scale": 2.0}],
+                          OptimConfig(name="sgd"), 0.4)
+    set_lr(opt, 0.1)
+    assert [g["lr"] for g in opt.param_groups] == [pytest.approx(0.1), pytest.approx(0.8)]
+
+
+def test_step_context_epochs_and_seeded_generators():
+    ctx = StepContext(step=7, total_steps=20, steps_per_epoch=3, seed=5)
+    assert ctx.epoch == 2 and ctx.epoch_float == pytest.approx(7 / 3)
+    a = torch.rand(3, generator=ctx.generator())
+    assert torch.equal(a, torch.rand(3, generator=StepContext(7, 20, 3, seed=5).generator()))
+    assert not torch.equal(a, torch.rand(3, generator=StepContext(8, 20, 3, seed=5).generator()))
+    with pytest.raises(ValueError, match="steps_per_epoch 0"):
+        StepContext(steps_per_epoch=0)

@@ -1,131 +1,40 @@
-"""Named reference recipes, each value with its source.
-
-A recipe is a complete :class:`~sslbench.benchmark.config.Config` plus a ``sources`` map that
-says, for each value that does not come from the method's own defaults, where it comes from (a
-paper table, an official config). ``*-quick`` recipes are sslbench's own: sized for the
-embedded Fashion-MNIST subset on a 2-core CPU (MEASURED.md), not paper settings.
-
-Resolve a recipe plus overrides with :func:`resolve`.
-"""
+"""Recipes of the foundation's methods: SimCLR, MoCo v2, BYOL (quick, CIFAR-10, ImageNet)."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-
-from sslbench.benchmark.config import (
-    Config,
-    DataConfig,
-    OptimConfig,
-    TrainConfig,
-    apply_overrides,
-    parse_override,
+from sslbench.benchmark.config import Config, DataConfig, OptimConfig, TrainConfig
+from sslbench.benchmark.recipes.base import (
+    IMAGENET_DATA,
+    QUICK_DATA,
+    QUICK_OPTIM,
+    QUICK_SOURCES,
+    SIMCLR_GLOBAL_NEGATIVES,
+    Recipe,
+    register_recipe,
 )
-from sslbench.benchmark.errors import unknown_name
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A named configuration and the source of its values.
-
-    Attributes:
-        name: the recipe name (``sslbench recipes`` lists them).
-        config: the configuration (method hyperparameters may be partial; defaults fill in).
-        sources: config key (or group of keys) -> where the value comes from.
-        description: one line.
-    """
-
-    name: str
-    config: Config
-    description: str
-    sources: Mapping[str, str] = field(default_factory=dict)
-
-
-_RECIPES: dict[str, Recipe] = {}
-
-
-def register_recipe(recipe: Recipe) -> Recipe:
-    """Adds a recipe; duplicate names are an error."""
-    if recipe.name in _RECIPES:
-        raise ValueError(f"recipe '{recipe.name}' is already registered")
-    _RECIPES[recipe.name] = recipe
-    return recipe
-
-
-def list_recipes() -> list[str]:
-    """Registered recipe names."""
-    return sorted(_RECIPES)
-
-
-def get_recipe(name: str) -> Recipe:
-    """Looks a recipe up.
-
-    Raises:
-        UnknownNameError: no such recipe.
-    """
-    if name not in _RECIPES:
-        raise unknown_name("recipe", name, _RECIPES, "`sslbench recipes` lists them.")
-    return _RECIPES[name]
-
-
-def resolve(recipe: str, overrides: Iterable[str] | Mapping[str, object] = ()) -> Config:
-    """A recipe with strict ``key=value`` overrides applied and method hyperparameters validated.
-
-    Raises:
-        UnknownNameError: unknown recipe, method or augmentation recipe.
-        ConfigError: unknown key, wrongly typed value, or a bad derived augmentation name.
-    """
-    from sslbench.benchmark.augment import get_augment_recipe
-    from sslbench.methods import get_method
-
-    base = dataclasses.replace(get_recipe(recipe).config, recipe=recipe)
-    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else [
-        parse_override(o) for o in overrides]
-    # method.* keys are validated against the final method (which may itself be overridden).
-    method = next((str(v) for k, v in pairs if k == "method"), base.method)
-    cfg = apply_overrides(base, dict(pairs), get_method(method).config)
-    get_augment_recipe(cfg.augment)  # a typo fails here (and in `sweep plan`), not at training
-    return cfg
-
 
 # ---------------------------------------------------------------------------------------------
 # Quick recipes: the embedded dataset on a CPU (sslbench's own settings, see MEASURED.md).
 # ---------------------------------------------------------------------------------------------
-
-# data.batch_size is the global batch on any number of GPUs (the config hash ignores the GPU
-# count), so SimCLR recipes contrast against the whole global batch: the same hash then means the
-# same 2B - 2 negatives per anchor whether the cell runs on 1 GPU or 8.
-_SIMCLR_GLOBAL_NEGATIVES = ("Chen et al. 2020 §2.2: the 2(N - 1) other views of the (global) "
-                            "batch are the negatives; the official TPU code gathers them from all "
-                            "cores (tpu_cross_replica_concat)")
-
-_QUICK_DATA = DataConfig(dataset="fashion-mnist-mini", batch_size=256)
-_QUICK_OPTIM = OptimConfig(name="adamw", base_lr=1e-3, lr_scaling="linear", weight_decay=1e-6,
-                           warmup_epochs=1, final_lr_ratio=0.1)
-_QUICK_SOURCES = {
-    "backbone, optim, data": "sslbench: measured on the 2-core CPU (shared/reference/MEASURED.md); "
-                             "Adam 1e-3 at batch 256, small CNN, Fashion-MNIST 28 px",
-}
 
 register_recipe(Recipe(
     "simclr-quick",
     Config(method="simclr", backbone="small-cnn", augment="fmnist-quick",
            method_args={"temperature": 0.2, "proj_hidden_dim": 512, "proj_dim": 128,
                         "gather_distributed": True},
-           data=_QUICK_DATA, optim=_QUICK_OPTIM, train=TrainConfig(epochs=22)),
+           data=QUICK_DATA, optim=QUICK_OPTIM, train=TrainConfig(epochs=22)),
     "SimCLR on the embedded Fashion-MNIST subset, CPU-sized (quick start).",
-    {**_QUICK_SOURCES, "method.temperature": "MEASURED.md: tau 0.2 beat 0.5 in 90 s runs (+6.0 vs +3.4)",
-     "method.gather_distributed": _SIMCLR_GLOBAL_NEGATIVES},
+    {**QUICK_SOURCES, "method.temperature": "MEASURED.md: tau 0.2 beat 0.5 in 90 s runs (+6.0 vs +3.4)",
+     "method.gather_distributed": SIMCLR_GLOBAL_NEGATIVES},
 ))
 register_recipe(Recipe(
     "mocov2-quick",
     Config(method="mocov2", backbone="small-cnn", augment="fmnist-quick",
            method_args={"temperature": 0.2, "queue_size": 4096, "momentum": 0.99,
                         "proj_hidden_dim": 512, "symmetric": True},
-           data=_QUICK_DATA, optim=_QUICK_OPTIM, train=TrainConfig(epochs=22)),
+           data=QUICK_DATA, optim=QUICK_OPTIM, train=TrainConfig(epochs=22)),
     "MoCo v2 on the embedded Fashion-MNIST subset, CPU-sized (quick start).",
-    {**_QUICK_SOURCES,
+    {**QUICK_SOURCES,
      "method.queue_size, momentum, symmetric": "MoCo CIFAR-10 demo (facebookresearch/moco "
      "colab/moco_cifar10_demo.ipynb): K 4096, m 0.99, symmetric loss; tau 0.2 from MoCo v2"},
 ))
@@ -134,9 +43,9 @@ register_recipe(Recipe(
     Config(method="byol", backbone="small-cnn", augment="fmnist-quick",
            method_args={"proj_hidden_dim": 512, "proj_dim": 128, "pred_hidden_dim": 512,
                         "base_momentum": 0.99},
-           data=_QUICK_DATA, optim=_QUICK_OPTIM, train=TrainConfig(epochs=22)),
+           data=QUICK_DATA, optim=QUICK_OPTIM, train=TrainConfig(epochs=22)),
     "BYOL on the embedded Fashion-MNIST subset, CPU-sized (quick start).",
-    {**_QUICK_SOURCES, "method.base_momentum": "BYOL §5 ablation setting (tau_base 0.99)"},
+    {**QUICK_SOURCES, "method.base_momentum": "BYOL §5 ablation setting (tau_base 0.99)"},
 ))
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +65,7 @@ register_recipe(Recipe(
     {"all": "google-research/simclr README CIFAR-10 command: ResNet-18, bs 512, 1000 epochs, "
             "lr 1.0 (LARS, linear scaling), wd 1e-4, tau 0.5, no blur, colour strength 0.5 "
             "(PAPERS.md §2.8); warm-up 10 epochs is the repo's default",
-     "method.gather_distributed": _SIMCLR_GLOBAL_NEGATIVES},
+     "method.gather_distributed": SIMCLR_GLOBAL_NEGATIVES},
 ))
 register_recipe(Recipe(
     "mocov2-cifar10",
@@ -191,27 +100,26 @@ register_recipe(Recipe(
 # ImageNet (ResNet-50, 224 px, an ImageFolder).
 # ---------------------------------------------------------------------------------------------
 
-_IMAGENET = DataConfig(dataset="imagefolder", batch_size=256, image_size=224, num_workers=8)
 
 register_recipe(Recipe(
     "simclr-imagenet",
     Config(method="simclr", backbone="resnet50", augment="simclr",
            method_args={"temperature": 0.1, "proj_hidden_dim": 2048, "proj_dim": 128,
                         "gather_distributed": True},
-           data=DataConfig(**{**_IMAGENET.__dict__, "batch_size": 4096}),
+           data=DataConfig(**{**IMAGENET_DATA.__dict__, "batch_size": 4096}),
            optim=OptimConfig(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
                              warmup_epochs=10),
            train=TrainConfig(epochs=100)),
     "SimCLR ResNet-50 ImageNet, the paper's 100-epoch ablation setting (64.5-64.6 linear).",
     {"all": "Chen et al. 2020 §2.3, Table 5, App. B.1: LARS lr 0.3 x bs/256, wd 1e-6, bs 4096, "
             "tau 0.1, 10 warm-up epochs, cosine; App. A augmentations",
-     "method.gather_distributed": _SIMCLR_GLOBAL_NEGATIVES},
+     "method.gather_distributed": SIMCLR_GLOBAL_NEGATIVES},
 ))
 register_recipe(Recipe(
     "mocov2-imagenet",
     Config(method="mocov2", backbone="resnet50", augment="mocov2",
            method_args={"temperature": 0.2, "queue_size": 65536, "momentum": 0.999},
-           data=_IMAGENET,
+           data=IMAGENET_DATA,
            optim=OptimConfig(name="sgd", base_lr=0.03, lr_scaling="linear", weight_decay=1e-4),
            train=TrainConfig(epochs=200)),
     "MoCo v2 ResNet-50 ImageNet, 200 epochs (67.5 linear).",
@@ -223,7 +131,7 @@ register_recipe(Recipe(
     Config(method="byol", backbone="resnet50", augment="byol",
            method_args={"proj_hidden_dim": 4096, "proj_dim": 256, "pred_hidden_dim": 4096,
                         "base_momentum": 0.99},
-           data=DataConfig(**{**_IMAGENET.__dict__, "batch_size": 4096}),
+           data=DataConfig(**{**IMAGENET_DATA.__dict__, "batch_size": 4096}),
            optim=OptimConfig(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
                              warmup_epochs=10),
            train=TrainConfig(epochs=300)),

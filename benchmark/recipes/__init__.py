@@ -1,0 +1,13 @@
+"""Named reference recipes, each value with its source: the registry (``base``) and one module
+of recipes per method family. Importing this package registers every recipe."""
+
+from sslbench.benchmark.recipes import foundation  # noqa: F401  (registration side effect)
+from sslbench.benchmark.recipes.base import (
+    Recipe,
+    get_recipe,
+    list_recipes,
+    register_recipe,
+    resolve,
+)
+
+__all__ = ["Recipe", "get_recipe", "list_recipes", "register_recipe", "resolve"]
