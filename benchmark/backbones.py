@@ -6,6 +6,9 @@ Three families:
     * ``resnet18-small`` / ``resnet34-small`` / ``resnet50-small``: timm ResNets with the
       small-image stem (3x3 conv, stride 1, no max-pool) used on CIFAR by SimCLR (App. B.9),
       solo-learn and lightly.
+    * ``vit-tiny-small`` / ``vit-small-small``: timm ViT-Ti / ViT-S with 4 px patches for
+      28-64 px images (64 tokens at 32 px, as 16 px patches give at 128 px), accepting any input
+      size (``dynamic_img_size``: multi-crop's smaller local views), CLS-token features.
     * any timm model name (``resnet50``, ``vit_small_patch16_224``, ...), built without
       pretrained weights and without a classifier.
 
@@ -75,6 +78,21 @@ def _small_stem_resnet(name: str) -> Callable[[int, int], nn.Module]:
 
 for _depth in (18, 34, 50):
     register_backbone(f"resnet{_depth}-small")(_small_stem_resnet(f"resnet{_depth}"))
+
+
+def _small_vit(name: str) -> Callable[[int, int], nn.Module]:
+    def build(in_chans: int, image_size: int) -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans,
+                                 img_size=image_size, patch_size=4, dynamic_img_size=True)
+
+    build.__doc__ = f"timm {name} with 4 px patches and any input size (small images)."
+    return build
+
+
+register_backbone("vit-tiny-small")(_small_vit("vit_tiny_patch16_224"))
+register_backbone("vit-small-small")(_small_vit("vit_small_patch16_224"))
 
 
 def _timm_model(name: str, in_chans: int, image_size: int) -> nn.Module:

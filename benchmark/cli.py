@@ -300,11 +300,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     what = args.command
     if what == "methods":
-        from sslbench.methods import get_method, list_methods
-
-        for name in list_methods():
-            e = get_method(name)
-            print(f"{name:10s} {e.family:45s} recipe {e.default_recipe:14s} {e.paper}")
+        print(methods_listing(markdown=args.markdown), end="")
     elif what == "recipes":
         from sslbench.benchmark.recipes import get_recipe, list_recipes
 
@@ -333,6 +329,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         print("\n".join(list_backbones()) + "\n(and any timm model name)")
     return 0
+
+
+def methods_listing(markdown: bool = False) -> str:
+    """Every registered method with its family, default recipe and paper: aligned text, or the
+    Markdown table the README carries (``sslbench methods --markdown``)."""
+    from sslbench.methods import get_method, list_methods
+
+    entries = [get_method(n) for n in list_methods()]
+    if markdown:
+        lines = ["| method | family | default recipe | paper |", "|---|---|---|---|"]
+        for e in entries:
+            title, _, url = e.paper.rpartition(", ")
+            lines.append(f"| `{e.name}` | {e.family} | `{e.default_recipe}` | [{title}]({url}) |")
+        return "\n".join(lines) + "\n"
+    w = max(len(e.name) for e in entries)
+    f = max(len(e.family) for e in entries)
+    return "".join(f"{e.name:{w}s}  {e.family:{f}s}  {e.default_recipe:20s}  {e.paper}\n" for e in entries)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -468,7 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=None, help="MLflow experiment (overrides the file)")
     p.set_defaults(fn=cmd_sweep)
 
-    for name in ("methods", "recipes", "datasets", "protocols", "augmentations", "backbones"):
+    p = sub.add_parser("methods", help="list methods: family, default recipe, paper")
+    p.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
+    p.set_defaults(fn=cmd_list)
+    for name in ("recipes", "datasets", "protocols", "augmentations", "backbones"):
         sub.add_parser(name, help=f"list {name}").set_defaults(fn=cmd_list)
     return parser
 
