@@ -18,7 +18,9 @@ Named recipes live in a registry (:func:`register_augment_recipe`, ``sslbench au
 :func:`get_augment_recipe` also resolves *derived* names, so a sweep can ablate augmentations by
 name: ``<base>-no-<t>[-no-<t2>...]`` drops transforms from every view of a registered recipe and
 ``<base>-only-<t1>[+<t2>...]`` keeps only those, with t in :data:`AUGMENT_TRANSFORMS` (e.g.
-``fmnist-quick-no-color``, ``simclr-only-crop+color``); registered names always win.
+``fmnist-quick-no-color``, ``simclr-only-crop+color``); ``<name>+<N>x<size>`` adds N multi-crop
+local views of ``size`` px to any of these (:func:`add_local_views`, e.g. ``fmnist-quick+4x12``,
+``simclr+6x96``, ``simclr-only-crop+color+6x96``); registered names always win.
 
 Documented deviations from torchvision's per-image transforms:
     * Crop boxes are continuous (sub-pixel) rather than rounded to whole pixels, so the sampled
@@ -33,7 +35,8 @@ Documented deviations from torchvision's per-image transforms:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -43,6 +46,7 @@ from sslbench.benchmark.errors import ConfigError, unknown_name
 
 __all__ = [
     "AUGMENT_TRANSFORMS",
+    "LOCAL_CROP_SCALE",
     "AugmentRecipe",
     "BatchAugment",
     "ViewParams",
@@ -51,6 +55,7 @@ __all__ = [
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
+    "add_local_views",
     "apply_view",
     "blur_kernel_size",
     "crop_resize",
@@ -250,7 +255,11 @@ def list_augment_recipes() -> list[str]:
 def get_augment_recipe(name: str) -> AugmentRecipe:
     """The recipe called ``name``: a registered one, or one derived from a registered one.
 
-    Registered names always win. Otherwise ``<base>-no-<t>[-no-<t2>...]`` is
+    Registered names always win. Otherwise a name ending in ``+<N>x<size>`` (a last ``+``
+    segment that starts with a digit; transform names never do) is
+    ``add_local_views(<the rest>, N, size)``, the rest being any name this function resolves, so
+    the suffix composes with the ablations below (``simclr-only-crop+color+6x96``: the ablation
+    first, the local views last). Then ``<base>-no-<t>[-no-<t2>...]`` is
     ``derive_augment_recipe(base, drop=(t, t2, ...))`` and ``<base>-only-<t1>[+<t2>...]`` is
     ``derive_augment_recipe(base, keep=(t1, t2, ...))``, named ``name``; the base is the longest
     registered prefix (``simclr-no-color-no-blur`` derives from the registered
@@ -260,10 +269,14 @@ def get_augment_recipe(name: str) -> AugmentRecipe:
     Raises:
         UnknownNameError: neither a registered nor a derived name of a registered base (the
             message lists the valid recipes and the derived syntax).
-        ConfigError: a derived name with an unknown, repeated or absent transform.
+        ConfigError: a derived name with an unknown, repeated or absent transform, or a bad
+            multi-crop suffix (see :func:`add_local_views`).
     """
     if name in _RECIPES:
         return _RECIPES[name]
+    local = _parse_local_views(name)
+    if local is not None:
+        return add_local_views(*local, name=name)
     parsed = _parse_derived(name)
     if parsed is None:
         raise unknown_name("augmentation recipe", name, _RECIPES, _DERIVED_HINT) from None
@@ -296,7 +309,8 @@ _OFF: dict[str, dict[str, object]] = {
 }
 _DERIVED_SYNTAX = (
     "Derived names: <recipe>-no-<t>[-no-<t2>...] drops transforms from every view of a registered "
-    "recipe, <recipe>-only-<t1>[+<t2>...] keeps only those"
+    "recipe, <recipe>-only-<t1>[+<t2>...] keeps only those, and a last +<N>x<size> (e.g. "
+    "fmnist-quick+4x12) adds N multi-crop local views of size px"
 )
 _TRANSFORMS_TEXT = f"{', '.join(AUGMENT_TRANSFORMS)} (color = jitter + grayscale)"
 _DERIVED_HINT = (
@@ -340,6 +354,10 @@ def _parse_derived(name: str) -> tuple[str, str, tuple[str, ...]] | None:
         at = name.rfind("-only-", 0, at)
     if "-only-" in name or "-no-" in name:
         base = name[: name.rfind("-only-")] if "-only-" in name else name.split("-no-")[0]
+        if _LOCAL_SUFFIX.search(base):
+            raise ConfigError(
+                f"Augmentation recipe '{name}' applies an ablation after a multi-crop suffix.", _SUFFIX_LAST
+            )
         raise unknown_name(
             "augmentation recipe",
             base,
@@ -427,6 +445,108 @@ def derive_augment_recipe(
 
 
 # --------------------------------------------------------------------------------------------
+# Derived recipes: multi-crop local views for any recipe
+# --------------------------------------------------------------------------------------------
+
+#: Area fraction of a multi-crop local view: SwAV's ``--min_scale_crops 0.14 0.05
+#: --max_scale_crops 1. 0.14`` (facebookresearch/swav scripts/swav_800ep_pretrain.sh, paper §4.1),
+#: also DINO's ResNet-50 recipe (``--local_crops_scale 0.05 0.14``, facebookresearch/dino README).
+LOCAL_CROP_SCALE: tuple[float, float] = (0.05, 0.14)
+#: Smallest local view side accepted (px).
+MIN_LOCAL_SIZE = 4
+# The multi-crop suffix: a last '+' segment that starts with a digit (no transform name does);
+# it must then read <N>x<size>.
+_LOCAL_SUFFIX = re.compile(r"\+(\d[^+]*)$")
+_LOCAL_SPEC = re.compile(r"(\d+)x(\d+)")
+_SUFFIX_LAST = ("Put the +<N>x<size> suffix last, after every -no-/-only- part "
+                "(e.g. fmnist-quick-no-color+4x12).")
+
+
+def _parse_local_views(name: str) -> tuple[str, int, int] | None:
+    """``(base, N, size)`` for a name ending in ``+<N>x<size>``, else None.
+
+    Raises:
+        ConfigError: a last ``+`` segment that starts with a digit but is not ``<N>x<size>`` in
+            canonical form (decimal, no leading zeros), is followed by an ablation, or has an
+            empty base.
+    """
+    match = _LOCAL_SUFFIX.search(name)
+    if match is None:
+        return None
+    segment = match.group(1)
+    spec = _LOCAL_SPEC.fullmatch(segment)
+    if spec is None and re.match(r"\d+x\d+-(no|only)-", segment):
+        raise ConfigError(f"Augmentation recipe '{name}' applies an ablation after a multi-crop suffix.",
+                          _SUFFIX_LAST)
+    canonical = spec is not None and all(str(int(g)) == g for g in spec.groups())
+    if spec is None or not canonical or match.start() == 0:
+        raise ConfigError(
+            f"Augmentation recipe '{name}' ends in the multi-crop suffix '+{segment}', which does "
+            f"not read <recipe>+<N>x<size>.",
+            "Write e.g. fmnist-quick+4x12 (4 local views of 12 px), both numbers decimal integers "
+            "without leading zeros.",
+        )
+    return name[: match.start()], int(spec.group(1)), int(spec.group(2))
+
+
+def add_local_views(base: str, num: int, size: int, *, name: str | None = None) -> AugmentRecipe:
+    """A recipe with ``num`` multi-crop local views of ``size`` px appended (SwAV §3.2 multi-crop).
+
+    Each local view is the base recipe's first view with ``crop_scale =``
+    :data:`LOCAL_CROP_SCALE` (0.05-0.14 of the image's area, SwAV / DINO-ResNet local crops) and
+    output side ``size``; every other setting (crop aspect ratio, flip, colour, blur, solarize)
+    is the first view's, as SwAV's ``MultiCropDataset`` applies one colour/blur pipeline to every
+    crop. The global views (all of the base's views) are unchanged and stay first, so
+    :func:`sslbench.methods.multicrop.count_global` finds them by their resolution.
+
+    Args:
+        base: any recipe name :func:`get_augment_recipe` resolves (registered or derived,
+            including another ``+<N>x<size>``).
+        num: number of local views (>= 1).
+        size: side of the local views in px (>= :data:`MIN_LOCAL_SIZE`; smaller than the first
+            view's side where that side is fixed).
+        name: the derived recipe's name; default ``<base>+<num>x<size>``.
+
+    Raises:
+        UnknownNameError: ``base`` does not resolve.
+        ConfigError: ``num < 1``, ``size < 4``, a local side not smaller than the fixed global
+            side (methods tell local from global views by resolution), or a base whose first
+            view does not crop (``-no-crop``: the local views would crop anyway).
+    """
+    if name is None:
+        name = f"{base}+{num}x{size}"
+    for what, value, lowest in (("number of local views", num, 1), ("local view size", size, MIN_LOCAL_SIZE)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+            raise ConfigError(
+                f"Augmentation recipe '{name}': the {what} must be an integer >= {lowest}, got {value!r}.",
+                "Write <recipe>+<N>x<size>, e.g. fmnist-quick+4x12.",
+            )
+    recipe = get_augment_recipe(base)
+    first = recipe.views[0]
+    if first.size is not None and size >= first.size:
+        raise ConfigError(
+            f"Augmentation recipe '{name}' adds local views of {size} px to global views of "
+            f"{first.size} px; local views must be smaller.",
+            "Methods tell the global views from the local ones by resolution "
+            "(sslbench.methods.multicrop.count_global); choose a smaller size.",
+        )
+    if not _applies(first, "crop"):
+        raise ConfigError(
+            f"Augmentation recipe '{name}' adds random local crops to '{base}', whose views do not crop.",
+            "Multi-crop local views are crops by definition; drop the crop ablation or the suffix.",
+        )
+    local = replace(first, size=size, crop_scale=LOCAL_CROP_SCALE)
+    source = (
+        f"Derived from '{base}' + {num} multi-crop local view(s) of {size} px: the first view with "
+        f"RandomResizedCrop area {LOCAL_CROP_SCALE[0]}-{LOCAL_CROP_SCALE[1]} (SwAV §3.2 / "
+        f"scripts/swav_800ep_pretrain.sh --min_scale_crops 0.14 0.05 --max_scale_crops 1. 0.14; DINO "
+        f"ResNet-50 local_crops_scale 0.05 0.14), global views unchanged "
+        f"(sslbench.benchmark.augment.add_local_views). Base '{base}': {recipe.source}"
+    )
+    return AugmentRecipe(name, recipe.views + (local,) * num, source)
+
+
+# --------------------------------------------------------------------------------------------
 # Per-image parameters
 # --------------------------------------------------------------------------------------------
 
@@ -460,18 +580,22 @@ class ViewParams:
         return ViewParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
-def _crop_boxes(
-    u: torch.Tensor, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
-) -> torch.Tensor:
-    """RandomResizedCrop boxes from uniform draws, vectorised over the batch and the tries.
+#: Replaces RandomResizedCrop's box placement (ContrastiveCrop, ``benchmark/contrastive_crop.py``):
+#: ``(u, height, width, scale, ratio, generator) -> (B, 4)`` boxes, u as :func:`_crop_boxes` takes.
+CropSampler = Callable[
+    [torch.Tensor, int, int, tuple[float, float], tuple[float, float], torch.Generator], torch.Tensor
+]
 
-    Like torchvision: area fraction ~ U(scale), log aspect ratio ~ U(log ratio), the first of
-    ``_CROP_TRIES`` draws that fits the image wins; none fits -> centre crop with the image's
-    aspect ratio clamped to ``ratio``. Boxes are continuous (no rounding to whole pixels).
+
+def _crop_sizes(
+    u: torch.Tensor, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RandomResizedCrop's crop ``(height, width, fits)`` from uniform draws (see :func:`_crop_boxes`);
+    ``fits`` is False where no try fitted and the size is the centre-crop fallback's.
 
     Shape:
-        u: (B, 2 * _CROP_TRIES + 2) uniforms in [0, 1).
-        return: (B, 4) ``(top, left, height, width)``.
+        u: (B, 2 * _CROP_TRIES + 2) uniforms in [0, 1) (the last two columns are not used).
+        return: three (B,) tensors.
     """
     n = _CROP_TRIES
     area = (height * width) * (scale[0] + (scale[1] - scale[0]) * u[:, :n])
@@ -494,6 +618,24 @@ def _crop_boxes(
     any_fit = fits.any(dim=1)
     w = torch.where(any_fit, w, torch.full_like(w, fb_w))
     h = torch.where(any_fit, h, torch.full_like(h, fb_h))
+    return h, w, any_fit
+
+
+def _crop_boxes(
+    u: torch.Tensor, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> torch.Tensor:
+    """RandomResizedCrop boxes from uniform draws, vectorised over the batch and the tries.
+
+    Like torchvision: area fraction ~ U(scale), log aspect ratio ~ U(log ratio), the first of
+    ``_CROP_TRIES`` draws that fits the image wins; none fits -> centre crop with the image's
+    aspect ratio clamped to ``ratio``. Boxes are continuous (no rounding to whole pixels).
+
+    Shape:
+        u: (B, 2 * _CROP_TRIES + 2) uniforms in [0, 1).
+        return: (B, 4) ``(top, left, height, width)``.
+    """
+    n = _CROP_TRIES
+    h, w, any_fit = _crop_sizes(u, height, width, scale, ratio)
     top = torch.where(any_fit, u[:, 2 * n] * (height - h), (height - h) / 2)
     left = torch.where(any_fit, u[:, 2 * n + 1] * (width - w), (width - w) / 2)
     return torch.stack((top, left, h, w), dim=1)
@@ -506,7 +648,8 @@ def _factor(u: torch.Tensor, strength: float, apply: torch.Tensor) -> torch.Tens
 
 
 def sample_view_params(
-    spec: ViewSpec, batch: int, height: int, width: int, generator: torch.Generator
+    spec: ViewSpec, batch: int, height: int, width: int, generator: torch.Generator,
+    crop_sampler: CropSampler | None = None,
 ) -> ViewParams:
     """Draws the per-image parameters of one view.
 
@@ -520,14 +663,21 @@ def sample_view_params(
         height: input image height H.
         width: input image width W.
         generator: source of randomness; the parameters live on its device.
+        crop_sampler: places the crop boxes instead of RandomResizedCrop (ContrastiveCrop); it
+            gets the same crop columns and may draw more from ``generator`` after them. None:
+            RandomResizedCrop.
     """
     n = _CROP_TRIES
     u = torch.rand((batch, 2 * n + 12), generator=generator, device=generator.device)
     c = 2 * n + 2  # first column after the crop draws
     jitter = u[:, c + 1] < spec.jitter_p
     hue_shift = spec.hue * (2.0 * u[:, c + 5] - 1.0)
+    if crop_sampler is None:
+        boxes = _crop_boxes(u[:, :c], height, width, spec.crop_scale, spec.crop_ratio)
+    else:
+        boxes = crop_sampler(u[:, :c], height, width, spec.crop_scale, spec.crop_ratio, generator)
     return ViewParams(
-        boxes=_crop_boxes(u[:, :c], height, width, spec.crop_scale, spec.crop_ratio),
+        boxes=boxes,
         flip=u[:, c] < spec.flip_p,
         jitter=jitter,
         brightness=_factor(u[:, c + 2], spec.brightness, jitter),
@@ -850,12 +1000,16 @@ class BatchAugment:
         """Views per image."""
         return len(self.recipe.views)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator,
+                 crop_sampler: CropSampler | None = None) -> list[torch.Tensor]:
         """Returns the views of ``images``.
 
         Args:
             images: uint8 batch on any device.
             generator: a ``torch.Generator`` on the same device as ``images``.
+            crop_sampler: places every view's crop instead of RandomResizedCrop (ContrastiveCrop's
+                :class:`~sslbench.benchmark.contrastive_crop.ContrastiveCropSampler`); None: the
+                recipe's RandomResizedCrop.
 
         Shape:
             images: (B, C, H, W), C in {1, 3}
@@ -880,7 +1034,7 @@ class BatchAugment:
         x = images.to(torch.float32).div_(255.0)
         views = []
         for spec, size in zip(self.recipe.views, self.view_sizes):
-            params = sample_view_params(spec, b, height, width, generator)  # whole batch: chunk-invariant
+            params = sample_view_params(spec, b, height, width, generator, crop_sampler)  # whole batch
             chunk = b if device.type != "cpu" else max(8, CPU_CHUNK_VALUES // (c * max(size, height, width) ** 2))
             if chunk >= b:
                 views.append(normalize(apply_view(x, spec, params, size), mean, std))

@@ -103,10 +103,14 @@ def _timm_model(name: str, in_chans: int, image_size: int) -> nn.Module:
                            "Any timm model name also works (`python -c \"import timm; "
                            "print(timm.list_models())\"` lists them).")
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
-    try:  # ViT-style models take the input size; CNNs reject the argument
-        return timm.create_model(name, img_size=image_size, **kwargs)
-    except TypeError:
-        return timm.create_model(name, **kwargs)
+    # ViT-style models take the input size, and any input size with dynamic_img_size (multi-crop's
+    # smaller local views); CNNs reject both arguments.
+    for extra in ({"img_size": image_size, "dynamic_img_size": True}, {"img_size": image_size}, {}):
+        try:
+            return timm.create_model(name, **kwargs, **extra)
+        except TypeError:
+            continue
+    raise AssertionError("unreachable: the last attempt passes no extra argument")
 
 
 def build_backbone(name: str, in_chans: int, image_size: int) -> tuple[nn.Module, int]:
@@ -131,7 +135,7 @@ def build_backbone(name: str, in_chans: int, image_size: int) -> tuple[nn.Module
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, in_chans, image_size, image_size))
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError) as exc:  # timm ViTs assert the patch grid
         raise ConfigError(
             f"Backbone '{name}' cannot process {in_chans}x{image_size}x{image_size} images "
             f"({str(exc).splitlines()[0][:160]}).",

@@ -1,10 +1,10 @@
 """Typed run configuration: frozen dataclasses, strict overrides, a stable hash.
 
-A :class:`Config` is built from a named recipe (``benchmark/recipes.py``) plus ``key=value``
-overrides (``optim.base_lr=0.3``, ``data.batch_size=128``, ``method.temperature=0.2``). Overrides
-are strict: an unknown key or a value of the wrong type is a :class:`ConfigError` that lists the
-valid keys. Method hyperparameters live in each method's own dataclass (registered with the
-method) and are validated against it here, at the boundary.
+A :class:`Config` is built from a named recipe (``benchmark/recipes/``) plus ``key=value``
+overrides (``optim.base_lr=0.3``, ``data.batch_size=128``, ``method.temperature=0.2``,
+``crop.mode=ccrop``). Overrides are strict: an unknown key or a value of the wrong type is a
+:class:`ConfigError` that lists the valid keys. Method hyperparameters live in each method's
+own dataclass (registered with the method) and are validated against it here, at the boundary.
 
 Derived values (the scaled learning rate, step counts) are computed once by
 :func:`derive` and logged with the run.
@@ -27,6 +27,7 @@ from sslbench.benchmark.errors import ConfigError
 OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
+CROP_MODES = ("random", "ccrop")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,52 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class CropConfig:
+    """How the views' crop boxes are placed.
+
+    ``random``: RandomResizedCrop, as each view of the augmentation recipe specifies. ``ccrop``:
+    ContrastiveCrop (Peng et al., CVPR 2022, https://arxiv.org/abs/2202.03278;
+    ``benchmark/contrastive_crop.py``): from epoch ``warmup_epochs`` on, every image's crops are
+    centred inside the box that the model's last feature map localises (heat map > ``threshold``),
+    with centres drawn from Beta(``alpha``, ``alpha``); the boxes are recomputed every
+    ``update_every`` epochs. Crop area and aspect ratio stay the views' RandomResizedCrop draws.
+
+    The section is left out of :meth:`Config.to_dict` (and so of the hash, config.json,
+    checkpoints and MLflow params) while it equals these defaults: configs that do not use it
+    keep the identity they had before it existed.
+
+    Attributes:
+        mode: ``random`` or ``ccrop``.
+        alpha: Beta(alpha, alpha) of the crop centres in the box; < 1 pushes them away from the
+            box centre (centre-suppressed), 1 is uniform. 0.6: the official ImageNet config
+            (xyupeng/ContrastiveCrop configs/IN1K/mocov2_ccrop.py) and the transform's default;
+            the official CIFAR / Tiny-ImageNet configs use 0.1.
+        threshold: heat-map threshold k in [0, 1) (``box_thresh`` 0.1 in every official config).
+        warmup_epochs: epochs of plain random crops before the first localisation (20 of 100 in
+            the official ImageNet config, 100 of 500 on CIFAR).
+        update_every: epochs between localisations (``loc_interval``: 20 on ImageNet, 100 on
+            CIFAR).
+    """
+
+    mode: str = "random"
+    alpha: float = 0.6
+    threshold: float = 0.1
+    warmup_epochs: int = 20
+    update_every: int = 20
+
+    def __post_init__(self) -> None:
+        _check(self.mode in CROP_MODES, "crop.mode", self.mode, f"one of {', '.join(CROP_MODES)}")
+        _check(_is_number(self.alpha) and 0 < self.alpha < math.inf, "crop.alpha", self.alpha,
+               "a positive number")
+        _check(_is_number(self.threshold) and 0 <= self.threshold < 1, "crop.threshold",
+               self.threshold, "a number in [0, 1)")
+        _check(_is_int(self.warmup_epochs) and self.warmup_epochs >= 0, "crop.warmup_epochs",
+               self.warmup_epochs, "an integer >= 0")
+        _check(_is_int(self.update_every) and self.update_every >= 1, "crop.update_every",
+               self.update_every, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     """A fully resolved pretraining configuration.
 
@@ -143,6 +190,7 @@ class Config:
         recipe: the named recipe this config was built from (for the record).
         method_args: the method's hyperparameters, validated against its config dataclass.
         data, optim, train: see their classes.
+        crop: crop placement (RandomResizedCrop or ContrastiveCrop), see :class:`CropConfig`.
     """
 
     method: str
@@ -153,11 +201,18 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON-able data (what is logged and stored in checkpoints)."""
+        """The config as plain JSON-able data (what is logged and stored in checkpoints).
+
+        ``crop`` is present only when it differs from :class:`CropConfig`'s defaults, so configs
+        that do not use it keep their hash and stored form.
+        """
         out = dataclasses.asdict(self)
         out["method_args"] = dict(self.method_args)
+        if self.crop == CropConfig():
+            out.pop("crop")
         return out
 
     def hash(self) -> str:
@@ -252,7 +307,7 @@ def derive(cfg: Config, num_train: int, world_size: int = 1) -> Derived:
 # Strict overrides
 # ---------------------------------------------------------------------------------------------
 
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "crop": CropConfig}
 _TOP_LEVEL = ("method", "backbone", "augment")
 
 
@@ -343,10 +398,24 @@ def coerce(key: str, raw: Any, annotation: Any) -> Any:
     raise ConfigError(f"{key}: unsupported field type {annotation!r}.")
 
 
+OMIT_WHEN_DEFAULT = "sslbench_omit_when_default"
+
+
+def added_key(default: Any) -> Any:
+    """A dataclass field for a hyperparameter added to a method after runs of it exist: while it
+    keeps its default it is left out of the resolved ``method_args`` (so the config hash, stored
+    checkpoints and result identities of earlier runs stay valid); set, it is recorded as usual.
+
+    Use as ``loss: str = added_key("infonce")``.
+    """
+    return field(default=default, metadata={OMIT_WHEN_DEFAULT: True})
+
+
 def build_method_args(method_config: type, values: Mapping[str, Any], method: str) -> dict[str, Any]:
     """Validates method hyperparameters against the method's config dataclass.
 
-    Returns the full, resolved set (defaults filled in) as a plain dict.
+    Returns the full, resolved set (defaults filled in) as a plain dict, less the fields declared
+    with :func:`added_key` that keep their default.
 
     Raises:
         ConfigError: an unknown key, a wrong type, or a value the dataclass rejects.
@@ -365,7 +434,11 @@ def build_method_args(method_config: type, values: Mapping[str, Any], method: st
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"Invalid method settings for '{method}': {exc}",
                           "Fix the method.* values.") from None
-    return dataclasses.asdict(instance)
+    resolved = dataclasses.asdict(instance)
+    for f in dataclasses.fields(method_config):
+        if f.metadata.get(OMIT_WHEN_DEFAULT) and resolved[f.name] == f.default:
+            del resolved[f.name]
+    return resolved
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str] | Mapping[str, Any],
@@ -400,13 +473,8 @@ def apply_overrides(cfg: Config, overrides: Iterable[str] | Mapping[str, Any],
         else:
             raise _unknown_key(key, method_config)
     try:
-        new = dataclasses.replace(
-            cfg,
-            **top,
-            data=dataclasses.replace(cfg.data, **sections["data"]),
-            optim=dataclasses.replace(cfg.optim, **sections["optim"]),
-            train=dataclasses.replace(cfg.train, **sections["train"]),
-        )
+        replaced = {name: dataclasses.replace(getattr(cfg, name), **sections[name]) for name in _SECTIONS}
+        new = dataclasses.replace(cfg, **top, **replaced)
     except TypeError as exc:
         raise ConfigError(f"Invalid override: {exc}.") from None
     if "method" in top and top["method"] != cfg.method:
@@ -427,7 +495,7 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
             method=d["method"], backbone=d["backbone"], augment=d["augment"],
             recipe=d.get("recipe", "custom"), method_args=dict(d.get("method_args", {})),
             data=DataConfig(**d["data"]), optim=OptimConfig(**d["optim"]),
-            train=TrainConfig(**d["train"]),
+            train=TrainConfig(**d["train"]), crop=CropConfig(**d.get("crop", {})),
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"Stored config is incomplete or from another version: {exc}.",
@@ -441,6 +509,14 @@ def _hint(cls: type, name: str) -> Any:
 def _unknown_key(key: str, method_config: type | None) -> ConfigError:
     return ConfigError(f"Unknown config key '{key}'.",
                        f"Valid keys: {', '.join(valid_keys(method_config))}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:

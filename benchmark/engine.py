@@ -6,6 +6,10 @@ metrics to MLflow. All randomness after model initialisation is drawn from gener
 by ``(seed, epoch)`` (and the rank, for augmentation under data parallelism), so a run resumed
 from an epoch checkpoint continues exactly as an uninterrupted one would (bit-identical weights
 on CPU).
+
+With ``crop.mode=ccrop`` (ContrastiveCrop, ``benchmark/contrastive_crop.py``) the scheduled epochs
+begin by localising a box in every training image with the current encoder; each batch's crops are
+then placed in its images' boxes. The boxes are kept in the checkpoint, so resuming stays exact.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
 from sslbench.benchmark.backbones import build_backbone
 from sslbench.benchmark.checkpoint import load_checkpoint, save_checkpoint
 from sslbench.benchmark.config import Config, Derived, derive
+from sslbench.benchmark.contrastive_crop import (
+    ContrastiveCropSampler,
+    check_feature_map,
+    is_localization_epoch,
+    localize,
+    mean_box_area,
+)
 from sslbench.benchmark.datasets import ArrayDataset, load_dataset
 from sslbench.benchmark.distributed import (
     DistEnv,
@@ -122,6 +133,8 @@ def identity_tags(cfg: Config, device: torch.device) -> dict[str, str]:
         "dataset": cfg.data.dataset, "backbone": cfg.backbone,
         "batch_size": str(cfg.data.batch_size), "epochs": str(cfg.train.epochs),
         "seed": str(cfg.train.seed), "config_hash": cfg.hash(),
+        # Only ContrastiveCrop runs carry a crop tag: other runs keep the tags they always had.
+        **({"crop": cfg.crop.mode} if cfg.crop.mode != "random" else {}),
         **provenance_tags(str(device)),
     }
 
@@ -207,7 +220,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
     info = train.info
     image_size = cfg.data.image_size or info.image_size
     method = build_method(cfg, info.channels, image_size, len(train)).to(device)
-    if env.distributed and device.type == "cuda":  # global BN statistics (no SyncBN on CPU)
+    if env.distributed and device.type == "cuda" and method.sync_batchnorm:  # no SyncBN on CPU
         method = cast(Method, nn.SyncBatchNorm.convert_sync_batchnorm(method))
     channels_last = _channels_last(cfg, device)
     if channels_last:
@@ -218,6 +231,10 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
             f"Augmentation '{cfg.augment}' makes {len(aug_recipe.views)} view(s) but "
             f"'{cfg.method}' needs {method.num_views}.", "Pick a recipe with enough views.")
     augment = BatchAugment(aug_recipe, info.mean, info.std, image_size)
+    ccrop = cfg.crop.mode == "ccrop"
+    if ccrop:  # fail now, not at the first localisation
+        check_feature_map(method.encoder, cfg.backbone, info.channels, image_size)
+    boxes: torch.Tensor | None = None  # ContrastiveCrop boxes (N, 4); None: random crops
     derived = derive(cfg, len(train), env.world_size)
     optimizer = build_optimizer(method.param_groups(), cfg.optim, derived.lr)
 
@@ -234,6 +251,8 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 f"({str(exc).splitlines()[0][:160]}).", "Start a fresh run in another folder.",
             ) from None
         start_epoch, step = state["epoch"], state["global_step"]
+        if state.get("ccrop_boxes") is not None:
+            boxes = state["ccrop_boxes"].to(device)
         run_id = state.get("mlflow_run_id") or run_id
         history, elapsed = list(state.get("history", [])), float(state.get("wall_time_s", 0.0))
         # Nothing left to do: never re-train or re-log a finished run. (A job killed after its
@@ -276,8 +295,15 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
             shuffle_gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch, 0))
             aug_seed = epoch_seed(cfg.train.seed, epoch, 1, env.rank)  # own augmentations per rank
             aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
+            t0, loss_sum, hook_logs, crop_logs = time.perf_counter(), 0.0, {}, {}
+            step_logs: dict[str, float] = {}  # StepOutput.logs, summed over the epoch's steps
+            if is_localization_epoch(epoch, cfg.crop):  # every rank, the whole split, same weights
+                with _autocast(device, cfg.train.precision):
+                    boxes = localize(method.encoder, cfg.backbone, train, mean=info.mean, std=info.std,
+                                     threshold=cfg.crop.threshold, batch_size=cfg.data.batch_size,
+                                     device=device)
+                crop_logs = {"train/ccrop_box_area": mean_box_area(boxes)}
             method.train()
-            t0, loss_sum, hook_logs = time.perf_counter(), 0.0, {}
             batches = train.batches(cfg.data.batch_size, shuffle=True, generator=shuffle_gen,
                                     drop_last=True, rank=env.rank, world_size=env.world_size)
             desc = f"{cfg.method} epoch {epoch + 1}/{cfg.train.epochs}"
@@ -285,7 +311,10 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 lr = warmup_cosine(step, derived.total_steps, derived.warmup_steps, derived.lr,
                                    derived.final_lr)
                 set_lr(optimizer, lr)
-                views = augment(batch.images.to(device, non_blocking=True), aug_gen)
+                sampler = None
+                if boxes is not None:
+                    sampler = ContrastiveCropSampler(boxes[batch.indices.to(device)], cfg.crop.alpha)
+                views = augment(batch.images.to(device, non_blocking=True), aug_gen, crop_sampler=sampler)
                 if channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                 ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch,
@@ -306,6 +335,8 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 method.before_optimizer_step(ctx)
                 optimizer.step()
                 hook_logs = method.on_step_end(out, ctx)
+                for key, value in out.logs.items():
+                    step_logs[key] = step_logs.get(key, 0.0) + float(value)
                 loss_sum += loss
                 step += 1
             seconds = time.perf_counter() - t0
@@ -315,12 +346,15 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 "train/images_per_s": derived.steps_per_epoch * cfg.data.batch_size / seconds,  # all ranks
                 "train/epoch_time_s": seconds,
                 "train/peak_memory_mb": peak_memory_mb(device),
-                **{f"train/{k}": float(v) for k, v in hook_logs.items()},
+                **{f"train/{k}": v / max(1, derived.steps_per_epoch) for k, v in step_logs.items()},
+                **{f"train/{k}": float(v) for k, v in hook_logs.items()},  # the epoch's last step
+                **crop_logs,
             }
             history.append({"epoch": epoch + 1, **metrics})
             if env.is_main:
                 save_checkpoint(ckpt_path, _state(cfg, method, optimizer, epoch + 1, step, run_id, history,
-                                                  info, image_size, elapsed + time.perf_counter() - wall0))
+                                                  info, image_size, elapsed + time.perf_counter() - wall0,
+                                                  boxes))
             if run is not None:  # after the checkpoint: a logged epoch is always a saved epoch
                 run.log_metrics(metrics, step=epoch + 1)
 
@@ -395,8 +429,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _state(cfg: Config, method: Method, optimizer: torch.optim.Optimizer, epoch: int, step: int,
            run_id: str | None, history: list[dict[str, float]], info: Any,
-           image_size: int, wall_time_s: float) -> dict[str, Any]:
+           image_size: int, wall_time_s: float, ccrop_boxes: torch.Tensor | None = None) -> dict[str, Any]:
+    crop = {} if ccrop_boxes is None else {"ccrop_boxes": ccrop_boxes.cpu()}
     return {
+        **crop,
         "config": cfg.to_dict(), "config_hash": cfg.hash(), "epoch": epoch, "global_step": step,
         "finished": epoch >= cfg.train.epochs, "model": method.state_dict(),
         "optimizer": optimizer.state_dict(), "mlflow_run_id": run_id, "history": history,

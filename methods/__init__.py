@@ -3,7 +3,22 @@
 Importing this package registers every method.
 """
 
-from sslbench.methods import byol, mocov2, simclr  # noqa: F401  (registration side effect)
+from sslbench.methods import (  # noqa: F401  (registration side effect)
+    barlowtwins,
+    byol,
+    dino,
+    instdisc,
+    invaspread,
+    mocov1,
+    mocov2,
+    mocov3,
+    nnclr,
+    simclr,
+    simclrv2,
+    simsiam,
+    swav,
+    vicreg,
+)
 from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.registry import MethodEntry, get_method, list_methods, register_method
 

@@ -123,6 +123,10 @@ class Method(nn.Module):
 
     #: number of augmented views the method consumes (the augmentation recipe must provide them).
     num_views: int = 2
+    #: under data parallelism on CUDA the engine converts batch norm to SyncBatchNorm (global
+    #: statistics, as SimCLR, BYOL and MoCo v3 do); False keeps per-GPU statistics (MoCo v1/v2's
+    #: shuffling BN relies on them).
+    sync_batchnorm: bool = True
 
     def __init__(self, encoder: nn.Module, feature_dim: int) -> None:
         super().__init__()

@@ -55,6 +55,17 @@ HEADS = {
     "simclr": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
     "mocov2": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.queue_size=40"],
     "byol": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32"],
+    "mocov1": ["method.proj_dim=16", "method.queue_size=40"],
+    "mocov3": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32"],
+    "simclrv2": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.memory_size=40"],
+    "dino": ["method.hidden_dim=32", "method.bottleneck_dim=16", "method.out_dim=64"],
+    "instdisc": ["method.embed_dim=16"],
+    "invaspread": ["method.embed_dim=16"],
+    "nnclr": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=32",
+              "method.support_set_size=40"],
+    "simsiam": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=8"],
+    "barlowtwins": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
+    "vicreg": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
 }
 CASES = {  # name -> (recipe, extra overrides)
     "simclr": ("simclr-quick", ["method.gather_distributed=true"]),
@@ -62,6 +73,34 @@ CASES = {  # name -> (recipe, extra overrides)
     "mocov2": ("mocov2-quick", []),  # symmetric: both views' keys are enqueued
     "mocov2-asymmetric": ("mocov2-quick", ["method.symmetric=false"]),
     "byol": ("byol-quick", []),
+    "mocov1": ("mocov1-quick", []),  # auto -> the cross-rank batch shuffle of the keys
+    "mocov1-asymmetric": ("mocov1-quick", ["method.symmetric=false"]),
+    "mocov1-split": ("mocov1-quick", ["method.shuffle_bn=split"]),
+    "mocov3": ("mocov3-quick", ["method.gather_distributed=true"]),
+    "mocov3-local": ("mocov3-quick", ["method.gather_distributed=false"]),
+    "simclrv2": ("simclrv2-quick", ["method.gather_distributed=true"]),
+    "simclrv2-alignuniform": ("simclrv2-quick", ["method.gather_distributed=true",
+                                                 "method.loss=align_uniform"]),
+    **{f"simclr-{v}": (f"simclr-{v}-quick", ["method.gather_distributed=true"])
+       for v in ("nce", "dcl", "hcl", "flatnce", "alignuniform")},
+    **{f"mocov2-{v}": ("mocov2-quick", [f"method.loss={v}", "method.gather_distributed=true"])
+       for v in ("nce", "dcl", "hcl", "flatnce", "align_uniform")},
+    "dino": ("dino-quick", []),  # the recipe all-reduces the centre (gather_distributed)
+    "instdisc": ("instdisc-quick", []),  # full softmax over the bank
+    "instdisc-nce": ("instdisc-quick", ["method.loss=nce", "method.num_negatives=16"]),
+    "instdisc-sampled-softmax": ("instdisc-quick", ["method.loss=softmax", "method.num_negatives=16"]),
+    "invaspread": ("invaspread-quick", ["method.gather_distributed=true"]),
+    "invaspread-grad-candidates": ("invaspread-quick", ["method.gather_distributed=true",
+                                                        "method.detach_candidates=false"]),
+    "invaspread-local": ("invaspread-quick", ["method.gather_distributed=false"]),
+    "nnclr": ("nnclr-quick", ["method.gather_distributed=true"]),
+    "nnclr-asymmetric": ("nnclr-quick", ["method.gather_distributed=true", "method.symmetric=false"]),
+    "nnclr-local": ("nnclr-quick", ["method.gather_distributed=false"]),
+    "simsiam": ("simsiam-quick", []),
+    "barlowtwins": ("barlowtwins-quick", ["method.gather_distributed=true"]),
+    "barlowtwins-local": ("barlowtwins-quick", ["method.gather_distributed=false"]),
+    "vicreg": ("vicreg-quick", ["method.gather_distributed=true"]),
+    "vicreg-local": ("vicreg-quick", ["method.gather_distributed=false"]),
 }
 
 

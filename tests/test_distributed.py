@@ -1,7 +1,9 @@
 """Data parallelism on CPU: two gloo processes equal one process on the joint batch.
 
-For SimCLR (global negatives gathered with gradients), MoCo v2 (keys gathered into one queue) and
-BYOL (per-sample loss; DDP's gradient average is all it needs), one step under
+For every method whose loss couples the samples of a batch, with its opt-in gathering on (SimCLR
+and its loss variants, SimCLR v2 with its memory, MoCo v2 and v3, Barlow Twins, VICReg, DINO's
+centre), with MoCo v1's cross-rank shuffling BN, and for the per-sample losses (BYOL, SimSiam;
+DDP's gradient average is all they need), one step under
 ``DistributedDataParallel`` on two ranks, each holding its contiguous half of the batch, gives
 the loss (mean over ranks), the gradient of every parameter, the parameters after an optimiser
 step, the EMA targets and MoCo's queue of one process on the joint batch.
@@ -46,7 +48,11 @@ def ddp_results(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(ddp.WORLD_SIZE)]
 
 
-@pytest.mark.parametrize("case", ["simclr", "mocov2", "mocov2-asymmetric", "byol"])
+LOCAL = [c for c in ddp.CASES if c.endswith(("-local", "-local-negatives"))]  # per-rank batches
+EXACT = [c for c in ddp.CASES if c not in LOCAL]
+
+
+@pytest.mark.parametrize("case", EXACT)
 def test_two_ranks_equal_one_process_on_the_joint_batch(ddp_results, case):
     single = ddp.single_process_step(case)
     for rank, results in enumerate(ddp_results):
@@ -73,6 +79,15 @@ def test_moco_queue_is_identical_on_every_rank(ddp_results, case):
     single = ddp.single_process_step(case)["state"]["queue.features"]
     torch.testing.assert_close(queues[0], single, **TIGHT)
     assert not torch.equal(queues[0], ddp.build_case(case).queue.features), "keys were enqueued"
+
+
+@pytest.mark.parametrize("case", LOCAL)
+def test_without_gathering_each_rank_uses_its_own_batch(ddp_results, case):
+    """``gather_distributed=False`` computes the batch-coupled terms (negatives, correlations,
+    covariances, keys) on each rank's half: a different loss from the joint batch's."""
+    got = ddp_results[0][case]["loss"]
+    joint = ddp.single_process_step(case)["loss"]
+    assert abs(float(got) - float(joint)) > 1e-8, case  # equal ones agree to ~1e-14 in float64
 
 
 def test_byol_targets_are_identical_on_every_rank(ddp_results):

@@ -30,7 +30,7 @@ def small(name):
 
 def test_registry_lists_and_rejects():
     assert {"simclr", "mocov2", "byol"} <= set(list_methods())
-    with pytest.raises(UnknownNameError, match="Valid methods: byol, mocov2, simclr"):
+    with pytest.raises(UnknownNameError, match="Valid methods: " + ", ".join(list_methods())):
         get_method("simclrr")
     with pytest.raises(ValueError, match="already registered"):
         register_method("simclr", config=object, family="", paper="", default_recipe="")(Method)

@@ -1,7 +1,21 @@
 """Named reference recipes, each value with its source: the registry (``base``) and one module
 of recipes per method family. Importing this package registers every recipe."""
 
-from sslbench.benchmark.recipes import foundation  # noqa: F401  (registration side effect)
+from sslbench.benchmark.recipes import (  # noqa: F401  (registration side effect)
+    barlowtwins,
+    ccrop,
+    dino,
+    foundation,
+    instdisc,
+    invaspread,
+    mocov1,
+    mocov3,
+    nnclr,
+    simclrv2,
+    simsiam,
+    swav,
+    vicreg,
+)
 from sslbench.benchmark.recipes.base import (
     Recipe,
     get_recipe,
