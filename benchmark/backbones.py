@@ -105,7 +105,9 @@ def _timm_model(name: str, in_chans: int, image_size: int) -> nn.Module:
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "in_chans": in_chans}
     # ViT-style models take the input size, and any input size with dynamic_img_size (multi-crop's
     # smaller local views); CNNs reject both arguments.
-    for extra in ({"img_size": image_size, "dynamic_img_size": True}, {"img_size": image_size}, {}):
+    attempts: list[dict[str, Any]] = [{"img_size": image_size, "dynamic_img_size": True},
+                                      {"img_size": image_size}, {}]
+    for extra in attempts:
         try:
             return timm.create_model(name, **kwargs, **extra)
         except TypeError:

@@ -22,6 +22,28 @@ import torch.nn.functional as F
 from sslbench.benchmark.config import added_key
 
 
+def _two_view_candidates(z1: torch.Tensor, z2: torch.Tensor, all_z1: torch.Tensor | None,
+                         all_z2: torch.Tensor | None, offset: int
+                         ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """The 2N normalised anchors ``[z1; z2]`` and the 2M normalised candidates (the global batch's
+    ``[all_z1; all_z2]``, or the anchors themselves), validated; returns ``(u, candidates, N, M)``."""
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if (all_z1 is None) != (all_z2 is None):
+        raise ValueError("all_z1 and all_z2 must be given together")
+    n = z1.shape[0]
+    u = F.normalize(torch.cat([z1, z2]), dim=1)
+    if all_z1 is None or all_z2 is None:
+        return u, u, n, n
+    if all_z1.shape != all_z2.shape or all_z1.shape[1:] != z1.shape[1:]:
+        raise ValueError(f"all_z1 and all_z2 must be (M, {z1.shape[1]}), got "
+                         f"{tuple(all_z1.shape)} and {tuple(all_z2.shape)}")
+    m = all_z1.shape[0]
+    if not 0 <= offset <= m - n:
+        raise ValueError(f"offset {offset} does not place {n} rows inside the {m} global rows")
+    return u, F.normalize(torch.cat([all_z1, all_z2]), dim=1), n, m
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, *,
             all_z1: torch.Tensor | None = None, all_z2: torch.Tensor | None = None,
             offset: int = 0) -> torch.Tensor:
@@ -52,22 +74,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, *,
     Shape:
         z1, z2: (N, D); all_z1, all_z2: (M, D) with M >= N. Returns a scalar.
     """
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if (all_z1 is None) != (all_z2 is None):
-        raise ValueError("all_z1 and all_z2 must be given together")
-    n = z1.shape[0]
-    u = F.normalize(torch.cat([z1, z2]), dim=1)
-    if all_z1 is None or all_z2 is None:
-        candidates, m = u, n
-    else:
-        if all_z1.shape != all_z2.shape or all_z1.shape[1:] != z1.shape[1:]:
-            raise ValueError(f"all_z1 and all_z2 must be (M, {z1.shape[1]}), got "
-                             f"{tuple(all_z1.shape)} and {tuple(all_z2.shape)}")
-        m = all_z1.shape[0]
-        if not 0 <= offset <= m - n:
-            raise ValueError(f"offset {offset} does not place {n} rows inside the {m} global rows")
-        candidates = F.normalize(torch.cat([all_z1, all_z2]), dim=1)
+    u, candidates, n, m = _two_view_candidates(z1, z2, all_z1, all_z2, offset)
     logits = u @ candidates.T / temperature
     rows = torch.arange(n, device=u.device)
     own = torch.cat([rows + offset, rows + m + offset])  # anchor i's own column (masked out)
@@ -187,20 +194,7 @@ def simclr_similarities(z1: torch.Tensor, z2: torch.Tensor, *, all_z1: torch.Ten
         z1, z2: (N, D); all_z1, all_z2: (M, D); extra_negatives: (K, D).
         Returns pos (2N,) and neg (2N, 2M - 2 + K).
     """
-    if z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if (all_z1 is None) != (all_z2 is None):
-        raise ValueError("all_z1 and all_z2 must be given together")
-    n = z1.shape[0]
-    u = F.normalize(torch.cat([z1, z2]), dim=1)
-    if all_z1 is None or all_z2 is None:
-        candidates, m = u, n
-    else:
-        m = all_z1.shape[0]
-        if all_z1.shape != all_z2.shape or all_z1.shape[1:] != z1.shape[1:] or not 0 <= offset <= m - n:
-            raise ValueError(f"all_z1 / all_z2 {tuple(all_z1.shape)} / {tuple(all_z2.shape)} with "
-                             f"offset {offset} do not hold this batch of {n} rows")
-        candidates = F.normalize(torch.cat([all_z1, all_z2]), dim=1)
+    u, candidates, n, m = _two_view_candidates(z1, z2, all_z1, all_z2, offset)
     sims = u @ candidates.T
     rows = torch.arange(2 * n, device=u.device)
     own = torch.cat([rows[:n] + offset, rows[:n] + m + offset])  # anchor i's own column

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslbench.benchmark.distributed import gather_no_grad, is_initialized
+from sslbench.benchmark.distributed import is_initialized
 from sslbench.methods.base import Method, StepContext, StepOutput
 from sslbench.methods.losses import info_nce
 from sslbench.methods.momentum import FeatureQueue, ema_update, momentum_copy
@@ -122,10 +122,8 @@ class MoCoV1(Method):
     @torch.no_grad()
     def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
         # The repo updates the key encoder before the next keys and enqueues after the loss; the
-        # same order here. Keys of all ranks are enqueued (the repo's concat_all_gather), view by
-        # view in rank order, so every replica keeps the queue of one process on the joint batch.
+        # same order here, with the keys of all ranks.
         ema_update(self.key_encoder, self.encoder, self.cfg.momentum)
         ema_update(self.key_projector, self.projector, self.cfg.momentum)
-        per_view = out.state["keys"].chunk(2 if self.cfg.symmetric else 1)
-        self.queue.enqueue(torch.cat([gather_no_grad(k) for k in per_view]))
+        self.queue.enqueue_from_all_ranks(out.state["keys"], 2 if self.cfg.symmetric else 1)
         return {}

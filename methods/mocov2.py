@@ -115,13 +115,9 @@ class MoCoV2(Method):
 
     @torch.no_grad()
     def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
-        # Order equals the repo's (momentum update before the next keys, enqueue after the loss).
+        # Order equals the repo's (momentum update before the next keys, enqueue after the loss);
+        # the keys of all ranks are enqueued.
         ema_update(self.key_encoder, self.encoder, self.cfg.momentum)
         ema_update(self.key_projector, self.projector, self.cfg.momentum)
-        # Under data parallelism the keys of all ranks are enqueued (the repo's concat_all_gather),
-        # view by view in rank order, so every replica keeps the same queue, equal to one
-        # process's queue on the joint batch. Always on (not a loss-side opt-in): it carries no
-        # gradient, and a per-rank queue would make the replicas, and rank 0's checkpoint, diverge.
-        per_view = out.state["keys"].chunk(2 if self.cfg.symmetric else 1)
-        self.queue.enqueue(torch.cat([gather_no_grad(k) for k in per_view]))
+        self.queue.enqueue_from_all_ranks(out.state["keys"], 2 if self.cfg.symmetric else 1)
         return {}

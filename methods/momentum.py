@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from sslbench.benchmark.distributed import gather_no_grad
+
 
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen copy of ``module`` to serve as an EMA target / key encoder."""
@@ -60,3 +62,17 @@ class FeatureQueue(nn.Module):
         idx = (self.ptr + torch.arange(n, device=keys.device)) % size
         self.features[idx] = keys.detach().to(self.features.dtype)
         self.ptr.copy_((self.ptr + n) % size)
+
+    @torch.no_grad()
+    def enqueue_from_all_ranks(self, keys: torch.Tensor, num_views: int = 1) -> None:
+        """Enqueues the keys of every data-parallel rank (MoCo's ``concat_all_gather``), view by
+        view in rank order, so every replica keeps the queue one process keeps on the joint batch
+        (and rank 0's checkpoint is every rank's). In one process: :meth:`enqueue`.
+
+        Always on under data parallelism, not an opt-in: it carries no gradient, and per-rank
+        queues would make the replicas diverge.
+
+        Shape:
+            keys: (num_views * B, D), the views' keys concatenated view after view.
+        """
+        self.enqueue(torch.cat([gather_no_grad(k) for k in keys.chunk(num_views)]))

@@ -143,5 +143,5 @@ class NNCLR(Method):
     def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
         # The first view's projections enter the support set after the loss (solo-learn, VISSL);
         # under data parallelism all ranks' rows, in rank order, so every replica's set is the same.
-        self.support_set.enqueue(gather_no_grad(out.state["keys"]))
+        self.support_set.enqueue_from_all_ranks(out.state["keys"])
         return {}

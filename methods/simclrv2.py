@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslbench.benchmark.distributed import gather_no_grad
 from sslbench.methods.base import StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.momentum import FeatureQueue, ema_update, momentum_copy
@@ -117,7 +116,7 @@ class SimCLRV2(SimCLR):
         ema_update(self.key_projector, self.projector, self.cfg.memory_momentum)
         # As MoCo v2: every rank enqueues all ranks' keys, view by view in rank order, so the
         # replicas keep one memory, equal to one process's on the joint batch.
-        self.memory.enqueue(torch.cat([gather_no_grad(k) for k in out.state["keys"].chunk(2)]))
+        self.memory.enqueue_from_all_ranks(out.state["keys"], 2)
         return {}
 
     @property

@@ -96,14 +96,16 @@ class SwAVConfig:
             at ln K).
         sinkhorn_iterations: 3.
         queue_length: stored projections per global view used in the Sinkhorn step (0 = off;
-            3840 at batch 256 in scripts/swav_200ep_bs256_pretrain.sh). One global queue, the same
-            on every rank, versus the official per-rank queue of ``queue_length / W``.
+            3840 at batch 256 in scripts/swav_200ep_bs256_pretrain.sh). Under data parallelism
+            every rank stores the whole global batch (gathered, no gradient), so the replicas and
+            rank 0's checkpoint hold one queue; the official code keeps ``queue_length / W`` per
+            rank, the same rows in total.
         epoch_queue_starts: the queue is filled from this epoch and used once full (15).
         freeze_prototypes_epochs: prototypes get no update in these first epochs (1; the official
             ``--freeze_prototypes_niters 313`` is one epoch at batch 4096, 5005 at 256).
         gather_distributed: under data parallelism the Sinkhorn sums run over the global batch
-            (all-reduced, as the official code) and the queue stores the global batch; off: each
-            rank clusters its own slice. No effect in one process.
+            (all-reduced, as the official code); off: each rank computes codes from its own slice
+            (plus the queue). No effect in one process.
     """
 
     proj_hidden_dim: int = 2048
@@ -194,7 +196,7 @@ class SwAV(Method):
         if self.queue is None:
             return {}
         if ctx.epoch >= self.cfg.epoch_queue_starts:
-            z = gather_no_grad(out.state["z"]) if self._distributed() else out.state["z"]  # (B, 2D)
+            z = gather_no_grad(out.state["z"])  # (W * B, 2D): the global batch, on every rank
             self.queue.enqueue(z)
             self.queue_fill.add_(z.shape[0]).clamp_(max=self.cfg.queue_length)
         return {"queue_fill": float(self.queue_fill)}

@@ -84,3 +84,14 @@ def test_list_commands(capsys):
 def test_config_prints_resolved_hash(capsys):
     code, out, _ = run(capsys, "config", "--recipe", "simclr-quick", "--set", "method.temperature=0.3")
     assert code == 0 and '"temperature": 0.3' in out and "config_hash" in out
+
+
+def test_readme_methods_table_lists_every_registered_method():
+    """The README's methods table is `sslbench methods --markdown`, row for row."""
+    from pathlib import Path
+
+    from sslbench.benchmark.cli import methods_listing
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for row in methods_listing(markdown=True).splitlines():
+        assert row in readme, f"README lacks the row: {row}"
