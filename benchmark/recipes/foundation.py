@@ -78,7 +78,8 @@ register_recipe(Recipe(
     {"all": "facebookresearch/moco colab/moco_cifar10_demo.ipynb: lr 0.06 at bs 512 (= 0.03 x "
             "512/256), wd 5e-4, K 4096, m 0.99, tau 0.1, cosine, 200 ep, symmetric loss; kNN "
             "monitor 82.6 (asymmetric) / 85.3 (symmetric) at 200 ep. The demo uses SplitBatchNorm "
-            "to mimic shuffle-BN; sslbench does not yet (noted deviation)"},
+            "to mimic shuffle-BN; sslbench's MoCo v2 does not (noted deviation; mocov1 has it, "
+            "methods/shuffle_bn.py)"},
 ))
 register_recipe(Recipe(
     "byol-cifar10",
