@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
 
 from sslbench.benchmark.distributed import is_initialized, mean_over_ranks
 from sslbench.benchmark.schedules import cosine_momentum
 from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
+from sslbench.methods.heads import DINOHead
 from sslbench.methods.momentum import ema_update, momentum_copy
 from sslbench.methods.multicrop import count_global, crop_pairs
 from sslbench.methods.registry import register_method
@@ -110,42 +110,6 @@ def dino_loss(student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], 
                torch.zeros((), dtype=dtype, device=center.device)) / len(pairs)
 
 
-class DINOHead(nn.Module):
-    """MLP (GELU, optional BN) -> bottleneck -> L2-normalise -> weight-normalised linear to K.
-
-    Linear layers of the MLP start from a truncated normal (std 0.02), as the official
-    ``DINOHead``; the last layer is ``g * v / ||v||`` per output row with g = 1 at start.
-
-    Shape:
-        input: (B, in_dim); output: (B, out_dim).
-    """
-
-    def __init__(self, in_dim: int, cfg: DINOConfig) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        dim = in_dim
-        for _ in range(cfg.head_layers - 1):
-            layers.append(nn.Linear(dim, cfg.hidden_dim))
-            if cfg.use_bn_in_head:
-                layers.append(nn.BatchNorm1d(cfg.hidden_dim))
-            layers.append(nn.GELU())
-            dim = cfg.hidden_dim
-        layers.append(nn.Linear(dim, cfg.bottleneck_dim))
-        self.mlp = nn.Sequential(*layers)
-        for m in self.mlp.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-        self.last_layer = weight_norm(nn.Linear(cfg.bottleneck_dim, cfg.out_dim, bias=False))
-        g = self.last_layer.parametrizations.weight.original0
-        with torch.no_grad():
-            g.fill_(1.0)
-        g.requires_grad_(not cfg.norm_last_layer)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
-
-
 @register_method(
     "dino", config=DINOConfig, family="self-distillation, EMA teacher + centring",
     paper="Caron et al., Emerging Properties in Self-Supervised Vision Transformers, ICCV 2021, "
@@ -160,7 +124,9 @@ class DINO(Method):
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: DINOConfig) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg
-        self.head = DINOHead(feature_dim, cfg)
+        self.head = DINOHead(feature_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim,
+                             num_layers=cfg.head_layers, use_bn=cfg.use_bn_in_head,
+                             norm_last_layer=cfg.norm_last_layer)
         self.teacher_encoder = momentum_copy(encoder)
         self.teacher_head = momentum_copy(self.head)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
