@@ -13,6 +13,7 @@ from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.losses import byol_loss
 from sslbench.methods.momentum import ema_update, momentum_copy
+from sslbench.methods.multicrop import count_global, crop_pairs
 from sslbench.methods.registry import register_method
 
 
@@ -55,11 +56,16 @@ class BYOL(Method):
         self.target_projector = momentum_copy(self.projector)
 
     def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
-        p1, p2 = forward_views(lambda x: self.predictor(self.projector(self.encoder(x))), views[:2])
+        # Multi-crop (2 global + N local views): targets from the global views only, every view
+        # predicts the targets of the other global views (solo-learn's multi-crop BYOL), scaled
+        # so that two views give the paper's symmetrised L + L~ exactly.
+        num_global = count_global(views)
+        p = forward_views(lambda x: self.predictor(self.projector(self.encoder(x))), views)
         with torch.no_grad():
-            z1, z2 = forward_views(lambda x: self.target_projector(self.target_encoder(x)), views[:2])
-        # Symmetrised by summing both directions, as in the paper (L + L~).
-        return StepOutput(loss=byol_loss(p1, z2) + byol_loss(p2, z1))
+            z = forward_views(lambda x: self.target_projector(self.target_encoder(x)), views[:num_global])
+        pairs = crop_pairs(num_global, len(views))
+        loss = sum((byol_loss(p[j], z[i]) for i, j in pairs), torch.zeros((), device=p[0].device))
+        return StepOutput(loss=loss * (2 / len(pairs)))
 
     @torch.no_grad()
     def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:

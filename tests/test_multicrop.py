@@ -148,3 +148,27 @@ def test_crop_pairs_two_global_four_local():
 def test_crop_pairs_errors(num_global, num_views):
     with pytest.raises(ValueError, match="num_global"):
         crop_pairs(num_global, num_views)
+
+
+def test_byol_uses_local_views_and_keeps_the_two_view_loss():
+    """BYOL with 2 global + 2 local views: targets from the global views, every other view predicts
+    them, scaled so that plain two views give the paper's L + L~ exactly."""
+    from sslbench.benchmark.backbones import build_backbone
+    from sslbench.methods import StepContext, get_method
+    from sslbench.methods.losses import byol_loss
+
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("small-cnn", 1, 16)
+    method = get_method("byol").build(backbone, dim, {"proj_hidden_dim": 16, "proj_dim": 8,
+                                                      "pred_hidden_dim": 16}).eval()
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(4, 1, 16, 16, generator=g) for _ in range(2)]
+    views += [torch.randn(4, 1, 8, 8, generator=g) for _ in range(2)]
+    online = [method.predictor(method.projector(method.encoder(v))) for v in views]
+    target = [method.target_projector(method.target_encoder(v)) for v in views[:2]]
+    two = method.training_step(views[:2], StepContext()).loss
+    torch.testing.assert_close(two, byol_loss(online[0], target[1]) + byol_loss(online[1], target[0]))
+    four = method.training_step(views, StepContext()).loss
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)]
+    expected = sum(byol_loss(online[j], target[i]) for i, j in pairs) * 2 / len(pairs)
+    torch.testing.assert_close(four, expected)
