@@ -1,8 +1,8 @@
 """The one training loop every method runs under.
 
 Read top to bottom: schedules -> augmentation -> forward under autocast -> finite-loss check ->
-backward -> ``before_optimizer_step`` -> step -> ``on_step_end``; an atomic checkpoint after every epoch, then the epoch's
-metrics to MLflow. All randomness after model initialisation is drawn from generators seeded
+backward -> ``before_optimizer_step`` -> step -> ``on_step_end``; an atomic checkpoint after every
+epoch, then the epoch's metrics to MLflow. All randomness after model initialisation is drawn from generators seeded
 by ``(seed, epoch)`` (and the rank, for augmentation under data parallelism), so a run resumed
 from an epoch checkpoint continues exactly as an uninterrupted one would (bit-identical weights
 on CPU).
@@ -231,8 +231,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
             f"Augmentation '{cfg.augment}' makes {len(aug_recipe.views)} view(s) but "
             f"'{cfg.method}' needs {method.num_views}.", "Pick a recipe with enough views.")
     augment = BatchAugment(aug_recipe, info.mean, info.std, image_size)
-    ccrop = cfg.crop.mode == "ccrop"
-    if ccrop:  # fail now, not at the first localisation
+    if cfg.crop.mode == "ccrop":  # fail now, not at the first localisation
         check_feature_map(method.encoder, cfg.backbone, info.channels, image_size)
     boxes: torch.Tensor | None = None  # ContrastiveCrop boxes (N, 4); None: random crops
     derived = derive(cfg, len(train), env.world_size)
@@ -311,14 +310,14 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 lr = warmup_cosine(step, derived.total_steps, derived.warmup_steps, derived.lr,
                                    derived.final_lr)
                 set_lr(optimizer, lr)
+                indices = batch.indices.to(device, non_blocking=True)
                 sampler = None
                 if boxes is not None:
-                    sampler = ContrastiveCropSampler(boxes[batch.indices.to(device)], cfg.crop.alpha)
+                    sampler = ContrastiveCropSampler(boxes[indices], cfg.crop.alpha)
                 views = augment(batch.images.to(device, non_blocking=True), aug_gen, crop_sampler=sampler)
                 if channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch,
-                                  batch.indices.to(device, non_blocking=True), cfg.train.seed)
+                ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, indices, cfg.train.seed)
                 with _autocast(device, cfg.train.precision):
                     out = model(views, ctx)
                 # The mean over ranks: the logged loss, and every rank stops on a non-finite one.
