@@ -18,7 +18,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,8 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 CROP_MODES = ("random", "ccrop")
+#: field metadata: a field added after runs existed, left out of the stored config while default
+OMIT_WHEN_DEFAULT = "sslbench_omit_when_default"
 
 
 @dataclass(frozen=True)
@@ -201,18 +203,18 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    crop: CropConfig = field(default_factory=CropConfig)
+    crop: CropConfig = field(default_factory=CropConfig, metadata={OMIT_WHEN_DEFAULT: True})
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data (what is logged and stored in checkpoints).
 
-        ``crop`` is present only when it differs from :class:`CropConfig`'s defaults, so configs
-        that do not use it keep their hash and stored form.
+        Sections added after runs existed (``crop``) are present only when they differ from their
+        defaults, so configs that do not use them keep their hash and stored form (the same rule
+        as :func:`added_key` for method hyperparameters).
         """
         out = dataclasses.asdict(self)
         out["method_args"] = dict(self.method_args)
-        if self.crop == CropConfig():
-            out.pop("crop")
+        _drop_defaults(out, dataclasses.fields(self), lambda name: getattr(self, name))
         return out
 
     def hash(self) -> str:
@@ -398,9 +400,6 @@ def coerce(key: str, raw: Any, annotation: Any) -> Any:
     raise ConfigError(f"{key}: unsupported field type {annotation!r}.")
 
 
-OMIT_WHEN_DEFAULT = "sslbench_omit_when_default"
-
-
 def added_key(default: Any) -> Any:
     """A dataclass field for a hyperparameter added to a method after runs of it exist: while it
     keeps its default it is left out of the resolved ``method_args`` (so the config hash, stored
@@ -435,10 +434,20 @@ def build_method_args(method_config: type, values: Mapping[str, Any], method: st
         raise ConfigError(f"Invalid method settings for '{method}': {exc}",
                           "Fix the method.* values.") from None
     resolved = dataclasses.asdict(instance)
-    for f in dataclasses.fields(method_config):
-        if f.metadata.get(OMIT_WHEN_DEFAULT) and resolved[f.name] == f.default:
-            del resolved[f.name]
+    _drop_defaults(resolved, dataclasses.fields(method_config), lambda name: getattr(instance, name))
     return resolved
+
+
+def _drop_defaults(out: dict[str, Any], fields: Iterable[dataclasses.Field[Any]],
+                   value: Callable[[str], Any]) -> None:
+    """Removes from ``out`` the fields marked :data:`OMIT_WHEN_DEFAULT` whose value equals their
+    default (or their default factory's product)."""
+    for f in fields:
+        if not f.metadata.get(OMIT_WHEN_DEFAULT):
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value(f.name) == default:
+            del out[f.name]
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str] | Mapping[str, Any],
