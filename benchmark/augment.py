@@ -355,9 +355,7 @@ def _parse_derived(name: str) -> tuple[str, str, tuple[str, ...]] | None:
     if "-only-" in name or "-no-" in name:
         base = name[: name.rfind("-only-")] if "-only-" in name else name.split("-no-")[0]
         if _LOCAL_SUFFIX.search(base):
-            raise ConfigError(
-                f"Augmentation recipe '{name}' applies an ablation after a multi-crop suffix.", _SUFFIX_LAST
-            )
+            raise _ablation_after_suffix(name)
         raise unknown_name(
             "augmentation recipe",
             base,
@@ -458,8 +456,12 @@ MIN_LOCAL_SIZE = 4
 # it must then read <N>x<size>.
 _LOCAL_SUFFIX = re.compile(r"\+(\d[^+]*)$")
 _LOCAL_SPEC = re.compile(r"(\d+)x(\d+)")
-_SUFFIX_LAST = ("Put the +<N>x<size> suffix last, after every -no-/-only- part "
-                "(e.g. fmnist-quick-no-color+4x12).")
+
+
+def _ablation_after_suffix(name: str) -> ConfigError:
+    return ConfigError(f"Augmentation recipe '{name}' applies an ablation after a multi-crop suffix.",
+                       "Put the +<N>x<size> suffix last, after every -no-/-only- part "
+                       "(e.g. fmnist-quick-no-color+4x12).")
 
 
 def _parse_local_views(name: str) -> tuple[str, int, int] | None:
@@ -476,8 +478,7 @@ def _parse_local_views(name: str) -> tuple[str, int, int] | None:
     segment = match.group(1)
     spec = _LOCAL_SPEC.fullmatch(segment)
     if spec is None and re.match(r"\d+x\d+-(no|only)-", segment):
-        raise ConfigError(f"Augmentation recipe '{name}' applies an ablation after a multi-crop suffix.",
-                          _SUFFIX_LAST)
+        raise _ablation_after_suffix(name)
     canonical = spec is not None and all(str(int(g)) == g for g in spec.groups())
     if spec is None or not canonical or match.start() == 0:
         raise ConfigError(
