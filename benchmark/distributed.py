@@ -241,13 +241,24 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def reduce_over_ranks(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """The elementwise ``op`` (``"sum"`` or ``"max"``) of ``x`` over ranks, without gradient (a
+    copy; ``x`` itself without a process group)."""
+    if op not in ("sum", "max"):
+        raise ValueError(f"op must be 'sum' or 'max', got {op!r}")
+    if not is_initialized():
+        return x
+    out = x.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return out
+
+
+@torch.no_grad()
 def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """The mean of ``x`` over ranks (a copy; ``x`` itself without a process group)."""
     if not is_initialized():
         return x
-    out = x.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)  # gloo has no AVG
-    return out / dist.get_world_size()
+    return reduce_over_ranks(x) / dist.get_world_size()  # gloo has no AVG
 
 
 def barrier() -> None:

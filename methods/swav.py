@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from sslbench.benchmark.distributed import gather_no_grad, is_initialized, world_size
+from sslbench.benchmark.distributed import gather_no_grad, is_initialized, reduce_over_ranks, world_size
 from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.momentum import FeatureQueue
@@ -19,10 +18,8 @@ from sslbench.methods.registry import register_method
 
 
 def _reduce(x: torch.Tensor, distributed: bool, maximum: bool = False) -> torch.Tensor:
-    """``x`` summed (or maxed) over ranks, in place; ``x`` itself when not ``distributed``."""
-    if distributed:
-        dist.all_reduce(x, op=dist.ReduceOp.MAX if maximum else dist.ReduceOp.SUM)
-    return x
+    """``x`` summed (or maxed) over ranks when ``distributed``, else ``x`` itself."""
+    return reduce_over_ranks(x, "max" if maximum else "sum") if distributed else x
 
 
 @torch.no_grad()
