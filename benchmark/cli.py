@@ -114,27 +114,88 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from sslbench.benchmark.config import config_from_dict
-    from sslbench.benchmark.engine import identity_tags, load_encoder, resolve_device
-    from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
+    from sslbench.benchmark.datasets import dataset_info
+    from sslbench.benchmark.encoders import load_any_encoder
+    from sslbench.benchmark.engine import identity_tags, resolve_device
+    from sslbench.benchmark.evaluate import (
+        evaluate_and_log,
+        finetune_module,
+        load_eval_splits,
+        needs_classification_splits,
+        projector_layers,
+        read_subset,
+    )
+    from sslbench.results.tracking import provenance_tags
 
     _set_threads(args.threads)
     protocols = _protocol_names(args.protocol)
     device = resolve_device(args.device)
-    encoder, meta = load_encoder(args.checkpoint, map_location=device)
-    dataset = args.dataset or meta["dataset"]
-    train, test = load_eval_splits(dataset, data_dir=args.data_dir, image_size=meta["image_size"],
-                                   device=device)
-    if train.info.channels != meta["in_chans"]:
-        raise SSLBenchError(
-            f"The encoder takes {meta['in_chans']}-channel images but '{dataset}' has "
-            f"{train.info.channels}.", "Evaluate on a dataset with the same number of channels.")
-    # The same identity tags as the pretraining run (config hash included), from the stored config.
-    tags = identity_tags(config_from_dict(meta["config"]), device)
+    encoder, source = load_any_encoder(args.checkpoint, backbone=args.backbone, in_chans=args.in_chans,
+                                       image_size=args.image_size, map_location=device)
+    dataset = args.dataset or source.dataset
+    train = test = None
+    if needs_classification_splits(protocols):
+        if dataset is None:
+            raise SSLBenchError(f"'{args.checkpoint}' is a plain state dict: it does not say which data to "
+                                "evaluate on.", "Pass --dataset (`sslbench datasets` lists them).")
+        train, test = load_eval_splits(dataset, data_dir=args.data_dir, image_size=source.image_size,
+                                       device=device)
+        if train.info.channels != source.in_chans:
+            raise SSLBenchError(
+                f"The encoder takes {source.in_chans}-channel images but '{dataset}' has "
+                f"{train.info.channels}.", "Evaluate on a dataset with the same number of channels.")
+    if source.mean is not None and source.std is not None:  # the pretraining normalisation
+        normalization = (source.mean, source.std, source.image_size)
+    else:  # a plain state dict: the evaluation data's own (ImageNet's for ImageNet weights)
+        info = dataset_info(dataset or ("imagefolder" if source.in_chans == 3 else "fashion-mnist"))
+        normalization = (info.mean, info.std, source.image_size)
+    options = {"normalization": normalization, "detection_dataset": args.detection_dataset,
+               "detection_data_dir": args.detection_data_dir}
+    if args.subset:
+        if train is None:
+            raise SSLBenchError("--subset is for semi-supervised protocols.", "Name one, e.g. --protocol semisup-1pct.")
+        options["subset"] = read_subset(args.subset, train)
+    layers = projector_layers(protocols)
+    if layers:
+        if source.kind != "sslbench":
+            raise SSLBenchError("Fine-tuning from projector layers needs an sslbench checkpoint (a plain state "
+                                "dict holds no projector).", "Use a spec with from_projector_layer=0.")
+        options["finetune_encoder"] = finetune_module(args.checkpoint, layers, device)
+    if source.kind == "sslbench":
+        # The same identity tags as the pretraining run (config hash included), from the stored config.
+        tags = identity_tags(config_from_dict(source.config), device)
+    else:
+        tags = {"method": "external", "recipe": Path(source.path).stem, "dataset": "external",
+                "backbone": source.backbone, "source_file": Path(source.path).name,
+                "source_sha256": source.sha256, **provenance_tags(str(device))}
+    tracking, parent = _tracking(args), source.mlflow_run_id
+    if parent is not None and tracking is not None:
+        from sslbench.results.tracking import run_status
+
+        try:
+            run_status(parent, tracking_uri=tracking.uri)
+        except SSLBenchError:  # e.g. a checkpoint from a colleague's store: log top-level runs
+            print(f"note: the pretraining run {parent} is not in this tracking store; the evaluation runs "
+                  "are logged top-level with tag source_pretrain_run_id.", file=sys.stderr)
+            tags, parent = {**tags, "source_pretrain_run_id": parent}, None
     results = evaluate_and_log(encoder.to(device), protocols=protocols, train=train,
-                               test=test, device=device, parent_run_id=meta.get("mlflow_run_id"),
-                               tags=tags, tracking=_tracking(args), progress=not args.no_progress)
+                               test=test, device=device, parent_run_id=parent,
+                               tags=tags, tracking=tracking, progress=not args.no_progress, **options)
     for r in results:
-        print(f"{r.spec.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.metrics.items()))
+        print(f"{r.spec.name} on {r.eval_dataset}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.metrics.items()))
+    return 0
+
+
+def cmd_subset(args: argparse.Namespace) -> int:
+    from sslbench.benchmark.datasets import load_dataset
+    from sslbench.protocols.subsets import balanced_subset, save_subset
+
+    train = load_dataset(args.dataset, "train", data_dir=args.data_dir)
+    subset = balanced_subset(train.labels.cpu().numpy(), train.info.name, fraction=args.fraction,
+                             per_class=args.per_class, seed=args.seed)
+    save_subset(subset, args.out)
+    print(f"{args.out}: {len(subset.indices)} of {subset.num_samples} '{subset.dataset}' training images "
+          f"({subset.spec}, seed {subset.seed}), sha256 {subset.sha256}")
     return 0
 
 
@@ -400,13 +461,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint under protocols")
     p.add_argument("checkpoint")
     p.add_argument("--protocol", default="knn-k200-t0.1,knn-k20-t0.07,linear")
-    p.add_argument("--dataset", help="evaluation dataset (default: the pretraining one)")
+    p.add_argument("--dataset", help="evaluation dataset (default: the pretraining one; another one "
+                   "makes a transfer, recorded as eval_dataset)")
     p.add_argument("--data-dir")
+    p.add_argument("--backbone", help="the backbone of a plain timm / torchvision state dict")
+    p.add_argument("--in-chans", type=int, help="input channels of a plain state dict (default 3)")
+    p.add_argument("--image-size", type=int, help="input size of a plain state dict (default 224)")
+    p.add_argument("--subset", help="labelled subset for semisup protocols: an sslbench subset file, or a "
+                   "list of training file names (ImageNet's SimCLR 1percent.txt)")
+    p.add_argument("--detection-dataset", help="detection dataset (default: the spec's): embedded-detection, "
+                   "voc07, voc0712, coco2017, coco-folder")
+    p.add_argument("--detection-data-dir", help="where the detection dataset lives")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     _add_tracking(p)
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("subset", help="write a class-balanced labelled subset file (semi-supervised splits)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--fraction", type=float, help="e.g. 0.01 for 1 %%")
+    group.add_argument("--per-class", type=int, help="images per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_subset)
 
     p = sub.add_parser("results", help="aggregate MLflow runs: tables, plots, ablations, exports",
                        description="table: comparison table (Markdown + CSV); plot: accuracy vs batch "

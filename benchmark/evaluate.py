@@ -1,21 +1,29 @@
 """Runs protocols on an encoder and logs each result as a child run of its pretraining run.
 
 This is glue between the engine's output (an encoder and its identity tags) and
-``sslbench.protocols`` (which never sees a method) and ``sslbench.results`` (MLflow).
+``sslbench.protocols`` (which never sees a method) and ``sslbench.results`` (MLflow). It is also
+where a method is consulted when a protocol needs more than the encoder: semi-supervised
+fine-tuning from SimCLR v2's first projector layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from sslbench.benchmark.checkpoint import load_checkpoint
 from sslbench.benchmark.datasets import ArrayDataset, FolderDataset, load_dataset
 from sslbench.benchmark.engine import Tracking
+from sslbench.benchmark.errors import ConfigError
 from sslbench.protocols.run import ProtocolResult, evaluate
-from sslbench.protocols.spec import get_protocol
+from sslbench.protocols.spec import DetectionSpec, SemiSupSpec, get_protocol
+from sslbench.protocols.subsets import LabelledSubset
 
 
 def load_eval_splits(dataset: str, *, data_dir: str | None = None, download: bool = False,
@@ -30,41 +38,126 @@ def load_eval_splits(dataset: str, *, data_dir: str | None = None, download: boo
     return splits[0], splits[1]
 
 
-def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: object, test: object,
+def needs_classification_splits(protocols: Sequence[str]) -> bool:
+    """Whether any of the named protocols reads the classification train/test splits."""
+    return any(not isinstance(get_protocol(name), DetectionSpec) for name in protocols)
+
+
+def projector_layers(protocols: Sequence[str]) -> int:
+    """The projector layers the named semi-supervised protocols fine-tune from (0: none); they
+    must agree, as one evaluation builds one such module."""
+    layers = {s.from_projector_layer for s in map(get_protocol, protocols)
+              if isinstance(s, SemiSupSpec) and s.from_projector_layer}
+    if len(layers) > 1:
+        raise ConfigError(f"The protocols fine-tune from different projector layers {sorted(layers)}.",
+                          "Evaluate them in separate `sslbench eval` calls.")
+    return layers.pop() if layers else 0
+
+
+def finetune_module(checkpoint: str | Path, layers: int, device: torch.device | str = "cpu") -> nn.Module:
+    """The encoder of an sslbench checkpoint followed by the method's first ``layers`` projector
+    layers (SimCLR v2 §2: fine-tuning from the projector's first layer), for semi-supervised specs.
+
+    Raises:
+        ConfigError: the checkpoint's method has no such projector (only SimCLR v2 does).
+        CheckpointError: the checkpoint does not fit its method.
+    """
+    from sslbench.benchmark.config import config_from_dict
+    from sslbench.benchmark.engine import build_method
+    from sslbench.methods.registry import get_method
+
+    state = load_checkpoint(checkpoint, map_location=device)
+    cfg = config_from_dict(state["config"])
+    entry = get_method(cfg.method)
+    if "finetune_from_layer" not in {f.name for f in dataclasses.fields(entry.config)}:
+        raise ConfigError(
+            f"Method '{cfg.method}' has no projector layers to fine-tune from (from_projector_layer={layers}).",
+            "Use a semi-supervised spec with from_projector_layer=0, or a simclrv2 checkpoint.")
+    cfg = dataclasses.replace(cfg, method_args={**cfg.method_args, "finetune_from_layer": layers})
+    meta = state["encoder"]
+    method = build_method(cfg, meta["in_chans"], meta["image_size"])
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        from sslbench.benchmark.errors import CheckpointError
+
+        raise CheckpointError(f"'{checkpoint}' does not fit method '{cfg.method}' ({str(exc).splitlines()[0][:160]}).",
+                              "The checkpoint is corrupt or was edited.") from None
+    module: nn.Module = method.finetune_module()  # type: ignore[operator]
+    return module.to(device).eval()
+
+
+def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: Any, test: Any,
                      device: torch.device | str, parent_run_id: str | None,
                      tags: Mapping[str, str], tracking: Tracking | None,
                      progress: bool = True,
-                     resume_run_ids: Mapping[str, str] | None = None) -> list[ProtocolResult]:
+                     resume_run_ids: Mapping[str, str] | None = None,
+                     **options: Any) -> list[ProtocolResult]:
     """Evaluates ``encoder`` under each named protocol and logs one child run per protocol.
 
     Args:
         encoder: images -> features (kept frozen; the protocols check it).
         protocols: protocol spec names (``sslbench protocols`` lists them).
-        train, test: the evaluation splits.
+        train, test: the evaluation splits (None when only detection protocols run).
         device: where to evaluate.
         parent_run_id: the pretraining run (None: log top-level runs).
-        tags: the pretraining run's identity tags.
+        tags: the pretraining run's identity tags (``dataset`` is the pretraining dataset; each
+            evaluation run adds ``eval_dataset``, so a transfer is recorded as both).
         tracking: where to log (None: don't).
         progress: show tqdm bars.
         resume_run_ids: protocol name -> an unfinished evaluation run to log into instead of
             creating one (a sweep re-running a cell whose evaluation was killed).
+        **options: passed to :func:`sslbench.protocols.evaluate` (``normalization``,
+            ``finetune_encoder``, ``subset``, ``detection_dataset``, ``detection_data_dir``).
     """
     specs = [get_protocol(name) for name in protocols]
-    results = evaluate(encoder, train, test, specs, device=device, progress=progress)
+    results = evaluate(encoder, train, test, specs, device=device, progress=progress, **options)
     if tracking is None:
         return results
     from sslbench.results.tracking import TrackedRun, eval_run_name, identity_tags
 
     identity = identity_tags(tags)
+    extra = {k: v for k, v in tags.items() if k.startswith("source_")}  # a plain state dict's origin
+    subset: LabelledSubset | None = options.get("subset")
     for res in results:
         spec = res.spec
-        child_tags = {**identity, "kind": "eval", "protocol": spec.name,
+        child_tags = {**identity, **extra, "kind": "eval", "protocol": spec.name,
                       "protocol_version": str(spec.version),
                       "protocol_spec": json.dumps(spec.to_dict(), sort_keys=True),
-                      "eval_dataset": res.eval_dataset}
+                      "eval_dataset": res.eval_dataset,
+                      "transfer": str(res.eval_dataset != identity.get("dataset", res.eval_dataset)).lower()}
+        if isinstance(spec, SemiSupSpec) and subset is not None:
+            child_tags["subset_file"] = subset.spec
         with TrackedRun(run_name=eval_run_name(spec.name), tags=child_tags, experiment=tracking.experiment,
                         tracking_uri=tracking.uri, parent_run_id=parent_run_id,
                         run_id=(resume_run_ids or {}).get(spec.name)) as run:
             run.log_params(res.params)
             run.log_metrics({**res.metrics, "eval_seconds": res.seconds})
+            for name, text in res.artifacts.items():
+                run.log_text(text, name)
     return results
+
+
+def read_subset(path: str | Path, train: Any) -> LabelledSubset:
+    """A labelled-subset file for ``train``: an sslbench subset (JSON, from ``sslbench subset``)
+    or a published list of training file names (ImageNet's SimCLR ``1percent.txt``).
+
+    Raises:
+        DatasetError: unreadable, for another dataset or split, or naming files not in it.
+    """
+    from sslbench.benchmark.errors import DatasetError
+    from sslbench.protocols.subsets import load_subset, subset_from_file_names
+
+    path = Path(path)
+    try:
+        head = path.read_text(encoding="utf-8")[:1].strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"Cannot read the labelled-subset file '{path}' ({exc}).", "Check the path.") from None
+    if head == "{":
+        return load_subset(path, dataset=train.info.name, num_samples=len(train))
+    samples = getattr(train, "samples", None)
+    if samples is None:
+        raise DatasetError(
+            f"'{path}' is a list of file names, but '{train.info.name}' is an in-memory dataset without them.",
+            "Use an sslbench subset file (`sslbench subset --dataset ... --out FILE`) for in-memory datasets.")
+    return subset_from_file_names(path, [p for p, _ in samples], train.info.name)

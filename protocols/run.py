@@ -1,11 +1,16 @@
-"""Runs a list of protocol specs on one frozen encoder: what the CLI and the quickstart call."""
+"""Runs a list of protocol specs on one frozen encoder: what the CLI and the quickstart call.
+
+kNN and the linear probe share one feature extraction; semi-supervised fine-tuning, detection and
+diagnostics have their own runners (imported when first needed: detection brings pycocotools).
+Every runner gets the encoder frozen and must leave it bit-identical, which is checked at the end.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,12 +22,20 @@ from sslbench.protocols.knn import knn_classify
 from sslbench.protocols.linear import (
     LinearResult,
     assert_frozen,
-    default_preprocess,
     linear_probe_augmented,
     linear_probe_features,
     snapshot_state,
 )
-from sslbench.protocols.spec import KNNSpec, LinearSpec, ProtocolSpec
+from sslbench.protocols.output import ProtocolOutput
+from sslbench.protocols.spec import (
+    DetectionSpec,
+    DiagnosticsSpec,
+    KNNSpec,
+    LinearSpec,
+    ProtocolSpec,
+    SemiSupSpec,
+)
+from sslbench.protocols.subsets import LabelledSubset
 
 __all__ = ["ProtocolResult", "evaluate"]
 
@@ -40,9 +53,11 @@ class ProtocolResult:
             of every grid point, as a JSON string under ``grid``: the keys hold ``=`` and ``,``, which
             MLflow does not allow in parameter names); always ``num_train``, ``num_test``, and
             ``feature_dim`` / ``feature_seconds`` when features were extracted.
-        eval_dataset: the test split's dataset name.
+            Semi-supervised, detection and diagnostics specs report their own (see their runners).
+        eval_dataset: the dataset evaluated on (the test split's; a detection spec's dataset).
         seconds: wall-clock time of this protocol's own step. Feature extraction shared by the
             feature-based specs is *not* included; it is in ``params["feature_seconds"]``.
+        artifacts: extra files for the evaluation run, file name -> text.
     """
 
     spec: ProtocolSpec
@@ -50,6 +65,7 @@ class ProtocolResult:
     params: dict[str, float | str]
     eval_dataset: str
     seconds: float
+    artifacts: dict[str, str] = field(default_factory=dict)
 
 
 def _num_classes(train: Any, test: Any) -> int:
@@ -88,46 +104,83 @@ def evaluate(
     progress: bool = True,
     preprocess: Callable[[Tensor], Tensor] | None = None,
     augment: Callable[[Tensor, torch.Generator], list[Tensor]] | None = None,
+    normalization: tuple[Sequence[float], Sequence[float], int] | None = None,
+    finetune_encoder: nn.Module | None = None,
+    subset: LabelledSubset | None = None,
+    detection_dataset: str | None = None,
+    detection_data_dir: str | None = None,
 ) -> list[ProtocolResult]:
     """Evaluates a frozen encoder under each spec, in order.
 
     Train and test features are extracted once (plain preprocessing) and shared by every
     feature-based spec (kNN, linear ``mode="features"``); ``mode="augmented"`` linear specs run the
-    encoder on fresh crops. The encoder's state_dict is snapshotted first and checked
-    bit-identical after everything (:func:`~sslbench.protocols.linear.assert_frozen`); its module
-    modes and ``requires_grad`` flags are restored. The encoder must already live on ``device``.
+    encoder on fresh crops; semi-supervised specs fine-tune a copy; detection specs train a
+    detector on a copy, on their own detection dataset; diagnostics embed the test split. The
+    encoder's state_dict is snapshotted first and checked bit-identical after everything
+    (:func:`~sslbench.protocols.linear.assert_frozen`); its module modes and ``requires_grad``
+    flags are restored. The encoder must already live on ``device``.
 
     Args:
         encoder: maps preprocessed images (B, C, H, W) to features (B, D).
-        train: the train split (``.batches``, ``.labels``, ``.info``, ``len()``): the kNN bank and
-            the linear probe's training (and validation) data.
-        test: the test split, scored once per spec.
+        train: the train split (``.batches``, ``.labels``, ``.info``, ``len()``): the kNN bank, the
+            linear probe's and fine-tuning's training (and validation) data. None when only
+            detection specs run.
+        test: the test split, scored once per spec (None when only detection specs run).
         specs: the protocols to run.
         device: where the encoder and protocols run.
         batch_size: images per forward pass during feature extraction.
         progress: show tqdm bars (feature extraction batches, linear grids).
         preprocess: plain preprocessing of uint8 batches; default ``to_float_normalized`` with
-            ``train.info``'s mean, std and image size.
-        augment: training augmentation for augmented linear specs; default the ``"linear-eval"``
-            recipe.
+            ``normalization`` (else ``train.info``'s mean, std and image size).
+        augment: training augmentation for augmented linear specs and fine-tuning; default the
+            ``"linear-eval"`` recipe with the same normalisation.
+        normalization: ``(mean, std, image_size)`` the encoder expects, when it differs from the
+            evaluation data's own (a transfer: the pretraining data's statistics and size).
+        finetune_encoder: the module semi-supervised specs with ``from_projector_layer > 0``
+            fine-tune (the encoder followed by the method's first projector layers); required
+            for such specs.
+        subset: the labelled subset for semi-supervised specs (a split file); default: each
+            spec draws its own with :func:`~sslbench.protocols.subsets.balanced_subset`.
+        detection_dataset: detection dataset for detection specs (default: the spec's).
+        detection_data_dir: where that dataset lives.
 
     Returns:
         One :class:`ProtocolResult` per spec, in the order of ``specs``.
 
     Raises:
+        ConfigError: a spec that cannot run on these inputs.
         RuntimeError: the encoder changed during evaluation.
     """
     for spec in specs:
-        if not isinstance(spec, (KNNSpec, LinearSpec)):
+        if not isinstance(spec, (KNNSpec, LinearSpec, SemiSupSpec, DetectionSpec, DiagnosticsSpec)):
             raise ConfigError(f"{spec!r} is not a protocol spec.", "Pass specs from sslbench.protocols.get_protocol.")
-    preprocess = preprocess or default_preprocess(train.info)
-    num_classes = _num_classes(train, test)
-    eval_dataset = str(getattr(test.info, "name", "unknown"))
+        if isinstance(spec, SemiSupSpec) and spec.from_projector_layer and finetune_encoder is None:
+            raise ConfigError(
+                f"Protocol '{spec.name}' fine-tunes from projector layer {spec.from_projector_layer}, but no "
+                "module with projector layers was given.",
+                "Evaluate an sslbench checkpoint of a method with a projector (e.g. simclrv2), or use a spec "
+                "with from_projector_layer=0.")
+    needs_splits = any(not isinstance(s, DetectionSpec) for s in specs)
+    if needs_splits and (train is None or test is None):
+        raise ConfigError("Classification protocols need train and test splits.", "Pass both splits.")
+    if normalization is None and train is not None:
+        normalization = (train.info.mean, train.info.std, train.info.image_size)
+    if preprocess is None and normalization is not None:
+        preprocess = _preprocess(*normalization)
+    if augment is None and normalization is not None:
+        from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
+
+        mean, std, size = normalization
+        augment = BatchAugment(get_augment_recipe("linear-eval"), tuple(mean), tuple(std), size)
+    num_classes = _num_classes(train, test) if needs_splits else 0
+    eval_dataset = str(getattr(test.info, "name", "unknown")) if test is not None else "unknown"
     before = snapshot_state(encoder)
-    common: dict[str, float | str] = {"num_train": float(len(train)), "num_test": float(len(test))}
+    common: dict[str, float | str] = ({"num_train": float(len(train)), "num_test": float(len(test))}
+                                      if needs_splits else {})
 
     features: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
-    if any(isinstance(s, KNNSpec) or s.mode == "features" for s in specs):
+    if any(isinstance(s, KNNSpec) or (isinstance(s, LinearSpec) and s.mode == "features") for s in specs):
+        assert preprocess is not None
         start = time.perf_counter()
         train_x, train_y = extract_features(encoder, train, batch_size=batch_size, device=device,
                                             preprocess=preprocess, progress="features: train" if progress else None)
@@ -141,13 +194,15 @@ def evaluate(
     for spec in specs:
         start = time.perf_counter()
         params: dict[str, float | str] = dict(common)
+        artifacts: dict[str, str] = {}
+        where = eval_dataset
         if isinstance(spec, KNNSpec):
             assert features is not None
             train_x, train_y, test_x, test_y = features
             metrics = knn_classify(train_x.to(device), train_y, test_x, test_y, num_classes=num_classes,
                                    k=spec.k, temperature=spec.temperature)
             params.update({"k": float(min(spec.k, train_x.shape[0])), "temperature": spec.temperature})
-        else:
+        elif isinstance(spec, LinearSpec):
             if spec.mode == "features":
                 assert features is not None
                 train_x, train_y, test_x, test_y = features
@@ -159,7 +214,60 @@ def evaluate(
             metrics, linear_params = _linear_record(result)
             params.update(linear_params)
             params["mode"] = spec.mode
-        results.append(ProtocolResult(spec=spec, metrics=metrics, params=params, eval_dataset=eval_dataset,
-                                      seconds=time.perf_counter() - start))
+        else:
+            out = _run_other(spec, encoder, train, test, device=device, progress=progress, preprocess=preprocess,
+                             augment=augment, normalization=normalization, num_classes=num_classes,
+                             finetune_encoder=finetune_encoder, subset=subset,
+                             detection_dataset=detection_dataset, detection_data_dir=detection_data_dir)
+            metrics, artifacts = out.metrics, out.artifacts
+            params = {k: v for k, v in params.items() if not isinstance(spec, DetectionSpec)}
+            params.update(out.params)
+            if isinstance(spec, DetectionSpec):
+                where = str(out.params.get("dataset", detection_dataset or spec.dataset))
+        results.append(ProtocolResult(spec=spec, metrics=metrics, params=params, eval_dataset=where,
+                                      seconds=time.perf_counter() - start, artifacts=artifacts))
     assert_frozen(before, encoder)
     return results
+
+
+def _preprocess(mean: Sequence[float], std: Sequence[float], size: int) -> Callable[[Tensor], Tensor]:
+    from sslbench.benchmark.augment import to_float_normalized
+
+    def preprocess(images: Tensor) -> Tensor:
+        out: Tensor = to_float_normalized(images, tuple(mean), tuple(std), size=size)
+        return out
+
+    return preprocess
+
+
+def _run_other(spec: SemiSupSpec | DetectionSpec | DiagnosticsSpec, encoder: nn.Module, train: Any, test: Any, *,
+               device: torch.device | str, progress: bool, preprocess: Callable[[Tensor], Tensor] | None,
+               augment: Callable[[Tensor, torch.Generator], list[Tensor]] | None,
+               normalization: tuple[Sequence[float], Sequence[float], int] | None, num_classes: int,
+               finetune_encoder: nn.Module | None, subset: LabelledSubset | None,
+               detection_dataset: str | None, detection_data_dir: str | None) -> ProtocolOutput:
+    """Dispatches the specs that have their own runner module."""
+    if isinstance(spec, SemiSupSpec):
+        from sslbench.protocols.semisup import fine_tune
+
+        module = finetune_encoder if spec.from_projector_layer else encoder
+        assert module is not None
+        return fine_tune(module, train, test, spec, num_classes=num_classes, device=device, preprocess=preprocess,
+                         augment=augment, subset=subset, progress=progress)
+    if isinstance(spec, DiagnosticsSpec):
+        from sslbench.protocols.diagnostics import run_diagnostics
+
+        return run_diagnostics(encoder, test, spec, device=device, preprocess=preprocess,
+                               normalization=normalization)
+    from sslbench.protocols.detection import run_detection
+    from sslbench.protocols.detection_data import load_detection_dataset
+
+    name = detection_dataset or spec.dataset
+    det_train = load_detection_dataset(name, "train", data_dir=detection_data_dir)
+    det_test = load_detection_dataset(name, "test", data_dir=detection_data_dir)
+    if normalization is None:
+        raise ConfigError(f"Protocol '{spec.name}' needs the encoder's input normalisation.",
+                          "Pass normalization=(mean, std, image_size) (sslbench eval does, from the checkpoint).")
+    mean, std, _ = normalization
+    return run_detection(encoder, spec, train=det_train, test=det_test, mean=tuple(mean), std=tuple(std),
+                         device=device, progress=progress)

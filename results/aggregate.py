@@ -294,6 +294,19 @@ def _seeds(values: pd.Series) -> str:
     return ",".join(str(int(s)) for s in sorted(values.dropna()))
 
 
+def transfer_protocol(runs: pd.DataFrame) -> pd.Series:
+    """The ``protocol`` column, with ``@<eval_dataset>`` appended where a run was evaluated on
+    another dataset than it was pretrained on (``sslbench eval --dataset``), so that transfer
+    results form their own columns in tables, as on the leaderboard, instead of merging with the
+    same protocol on the pretraining data."""
+    protocol = runs[T.TAG_PROTOCOL]
+    if T.TAG_EVAL_DATASET not in runs.columns or T.TAG_DATASET not in runs.columns:
+        return protocol
+    ev, ds = runs[T.TAG_EVAL_DATASET], runs[T.TAG_DATASET]
+    moved = protocol.notna() & ev.notna() & (ev.astype(str) != "") & (ev.astype(str) != ds.astype(str))
+    return protocol.where(~moved, protocol.astype(str) + "@" + ev.astype(str))
+
+
 def aggregate(
     runs: pd.DataFrame,
     *,
@@ -311,7 +324,9 @@ def aggregate(
     Args:
         runs: a frame like :func:`load_runs` gives (needs the ``by`` and ``metrics`` columns,
             and ``seed``).
-        by: the columns that define one configuration.
+        by: the columns that define one configuration. A run evaluated on another dataset than its
+            pretraining one counts under protocol ``<protocol>@<eval_dataset>``
+            (:func:`transfer_protocol`).
         metrics: the metric columns to summarise.
 
     Returns:
@@ -326,6 +341,8 @@ def aggregate(
     _check_columns(runs, metrics, "metric")
     seed = runs[T.TAG_SEED] if T.TAG_SEED in runs.columns else pd.Series(pd.NA, index=runs.index)
     frame = runs[by].copy()
+    if T.TAG_PROTOCOL in by:
+        frame[T.TAG_PROTOCOL] = transfer_protocol(runs)
     for m in metrics:
         frame[m] = pd.to_numeric(runs[m], errors="coerce").astype(float)
     frame["_seed"] = pd.to_numeric(seed, errors="coerce")

@@ -789,6 +789,12 @@ class TrackedRun:
         with _guard(self._uri, f"reading metric {key}"):
             return {int(m.step) for m in client.get_metric_history(run_id, key)}
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Writes ``text`` as an artifact (e.g. a protocol's ``covariance_spectrum.json``)."""
+        client, run_id = self._require()
+        with _guard(self._uri, f"writing artifact {artifact_file}"):
+            client.log_text(run_id, text, artifact_file)
+
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         """Writes ``obj`` as a JSON (or YAML, by extension) artifact, e.g. ``config.json``.
 

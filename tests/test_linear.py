@@ -454,7 +454,7 @@ def test_spec_round_trip():
     for name in list_protocols():
         spec = get_protocol(name)
         data = json.loads(json.dumps(spec.to_dict()))
-        assert data["name"] == name and data["version"] >= 1 and data["kind"] in ("knn", "linear")
+        assert data["name"] == name and data["version"] >= 1 and data["kind"] in ("knn", "linear", "semisup", "detection", "diagnostics")
         assert spec_from_dict(data) == spec
     with pytest.raises(ConfigError):
         spec_from_dict({**get_protocol("linear").to_dict(), "momentum": 0.9})
