@@ -103,16 +103,17 @@ def cell_record(runs: pd.DataFrame, config_hash: str, protocols: Mapping[str, st
 
 def _evals(mine: pd.DataFrame, protocols: Mapping[str, str], dataset: str | None) -> dict[str, EvalRecord]:
     ev = mine[mine[T.TAG_KIND] == T.KIND_EVAL]
-    if dataset is not None and not ev.empty:
-        ev = ev[ev[T.TAG_EVAL_DATASET] == dataset]
     out: dict[str, EvalRecord] = {}
     spec_col = T.TAG_PROTOCOL_SPEC
     if ev.empty or spec_col not in ev.columns:
         return out
+    # An evaluation on the cell's dataset, except detection, whose spec names its own dataset.
+    own_data = ev[T.TAG_EVAL_DATASET] == dataset if dataset is not None else pd.Series(True, index=ev.index)
     has_metrics = ev["eval_seconds"].notna() if "eval_seconds" in ev.columns else \
         pd.Series(False, index=ev.index)
     for name, spec in protocols.items():
-        match = ev[ev[spec_col] == spec]
+        detection = json.loads(spec).get("kind") == "detection"
+        match = ev[(ev[spec_col] == spec) & (own_data | detection)]
         if match.empty:
             continue
         done = match[match["status"] == "FINISHED"]
