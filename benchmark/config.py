@@ -182,6 +182,54 @@ class CropConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """Online monitoring during pretraining (:mod:`sslbench.benchmark.monitor`): curves logged to
+    MLflow under ``monitor/``, to watch a run, never to report. Final numbers always come from the
+    offline protocols on the finished encoder (``sslbench eval``).
+
+    Monitoring never changes the trained weights (the monitor runs the encoder in eval mode under
+    no_grad, trains only its own head and draws only from its own generators; tested bit-identical),
+    so the section is kept out of :meth:`Config.hash` whatever its values: a run may be resumed
+    with monitoring switched on, off or changed, and runs that differ only here are the same run.
+    Like ``crop`` it is also left out of :meth:`Config.to_dict` while at its defaults.
+
+    Attributes:
+        probe_every_steps: every this many optimiser steps (and at step 0), the diagnostics of
+            :mod:`sslbench.protocols.diagnostics` (alignment, uniformity, RankMe, normalised std)
+            on two fixed augmented views of ``probe_size`` fixed training images, with the
+            collapse alarm; 0 turns it off.
+        probe_size: images of the probe batch (clamped to the training split's size).
+        knn_every_epochs: every this many epochs (and after the last), the weighted kNN of the
+            ``knn-k200-t0.1`` protocol: a stratified held-out slice of the training split
+            classified against the rest; 0 turns it off.
+        linear_every_epochs: train a linear head on detached features at every step and report its
+            top-1 on the held-out slice every this many epochs (and after the last); 0 turns it off.
+        holdout_fraction: the held-out share of the labelled training images (per class, seeded by
+            ``train.seed``); never the test split.
+    """
+
+    probe_every_steps: int = 0
+    probe_size: int = 512
+    knn_every_epochs: int = 0
+    linear_every_epochs: int = 0
+    holdout_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        for key in ("probe_every_steps", "knn_every_epochs", "linear_every_epochs"):
+            value = getattr(self, key)
+            _check(_is_int(value) and value >= 0, f"monitor.{key}", value, "an integer >= 0 (0: off)")
+        _check(_is_int(self.probe_size) and self.probe_size >= 2, "monitor.probe_size", self.probe_size,
+               "an integer >= 2")
+        _check(_is_number(self.holdout_fraction) and 0 < self.holdout_fraction < 1,
+               "monitor.holdout_fraction", self.holdout_fraction, "a number in (0, 1)")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any monitoring is on."""
+        return bool(self.probe_every_steps or self.knn_every_epochs or self.linear_every_epochs)
+
+
+@dataclass(frozen=True)
 class Config:
     """A fully resolved pretraining configuration.
 
@@ -193,6 +241,8 @@ class Config:
         method_args: the method's hyperparameters, validated against its config dataclass.
         data, optim, train: see their classes.
         crop: crop placement (RandomResizedCrop or ContrastiveCrop), see :class:`CropConfig`.
+        monitor: online monitoring curves during pretraining, see :class:`MonitorConfig`; never
+            part of the hash.
     """
 
     method: str
@@ -204,12 +254,13 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     crop: CropConfig = field(default_factory=CropConfig, metadata={OMIT_WHEN_DEFAULT: True})
+    monitor: MonitorConfig = field(default_factory=MonitorConfig, metadata={OMIT_WHEN_DEFAULT: True})
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data (what is logged and stored in checkpoints).
 
-        Sections added after runs existed (``crop``) are present only when they differ from their
-        defaults, so configs that do not use them keep their hash and stored form (the same rule
+        Sections added after runs existed (``crop``, ``monitor``) are present only when they differ
+        from their defaults, so configs that do not use them keep their hash and stored form (the same rule
         as :func:`added_key` for method hyperparameters).
         """
         out = dataclasses.asdict(self)
@@ -218,8 +269,10 @@ class Config:
         return out
 
     def hash(self) -> str:
-        """A stable hash of everything that changes the result (not paths, workers, device)."""
+        """A stable hash of everything that changes the result (not paths, workers, device, nor
+        the ``monitor`` section, which never changes the trained weights)."""
         d = self.to_dict()
+        d.pop("monitor", None)
         for key in ("data_dir", "download", "num_workers"):
             d["data"].pop(key)
         d["train"].pop("device")
@@ -309,7 +362,8 @@ def derive(cfg: Config, num_train: int, world_size: int = 1) -> Derived:
 # Strict overrides
 # ---------------------------------------------------------------------------------------------
 
-_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "crop": CropConfig}
+_SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "crop": CropConfig,
+             "monitor": MonitorConfig}
 _TOP_LEVEL = ("method", "backbone", "augment")
 
 
@@ -505,6 +559,7 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
             recipe=d.get("recipe", "custom"), method_args=dict(d.get("method_args", {})),
             data=DataConfig(**d["data"]), optim=OptimConfig(**d["optim"]),
             train=TrainConfig(**d["train"]), crop=CropConfig(**d.get("crop", {})),
+            monitor=MonitorConfig(**d.get("monitor", {})),
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"Stored config is incomplete or from another version: {exc}.",

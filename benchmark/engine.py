@@ -10,6 +10,11 @@ on CPU).
 With ``crop.mode=ccrop`` (ContrastiveCrop, ``benchmark/contrastive_crop.py``) the scheduled epochs
 begin by localising a box in every training image with the current encoder; each batch's crops are
 then placed in its images' boxes. The boxes are kept in the checkpoint, so resuming stays exact.
+
+With a ``monitor`` section (``benchmark/monitor.py``) a :class:`~sslbench.benchmark.monitor.Monitor`
+probes the encoder every N steps and runs an online kNN / linear head every N epochs, logging
+``monitor/*`` curves after each epoch's checkpoint; it never changes the trained weights, and final
+numbers always come from the offline protocols.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from sslbench.benchmark.distributed import (
     wrap_ddp,
 )
 from sslbench.benchmark.errors import CheckpointError, ConfigError, NonFiniteLossError, SSLBenchError
+from sslbench.benchmark.monitor import Monitor
 from sslbench.benchmark.optim import build_optimizer, set_lr
 from sslbench.benchmark.schedules import warmup_cosine
 from sslbench.methods import Method, StepContext, get_method
@@ -236,6 +242,10 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
     boxes: torch.Tensor | None = None  # ContrastiveCrop boxes (N, 4); None: random crops
     derived = derive(cfg, len(train), env.world_size)
     optimizer = build_optimizer(method.param_groups(), cfg.optim, derived.lr)
+    monitor = Monitor(cfg.monitor, encoder=method.encoder, train=train, augment=augment, image_size=image_size,
+                      feature_dim=method.feature_dim, seed=cfg.train.seed, device=device, method=cfg.method,
+                      batch_size=cfg.data.batch_size, active=env.is_main,
+                      forward_context=lambda: _autocast(device, cfg.train.precision))
 
     start_epoch, step, history, elapsed = 0, 0, [], 0.0
     if resume and ckpt_path.exists():
@@ -252,6 +262,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
         start_epoch, step = state["epoch"], state["global_step"]
         if state.get("ccrop_boxes") is not None:
             boxes = state["ccrop_boxes"].to(device)
+        monitor.load_state_dict(state.get("monitor"))
         run_id = state.get("mlflow_run_id") or run_id
         history, elapsed = list(state.get("history", [])), float(state.get("wall_time_s", 0.0))
         # Nothing left to do: never re-train or re-log a finished run. (A job killed after its
@@ -274,8 +285,10 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
         run_id = run.run_id if run is not None else None
         if run is not None:
             # Params are idempotent (TrackedRun skips equal values), so a run resumed before its
-            # first checkpoint, or re-attached by a sweep, logs its config exactly once.
-            run.log_params({**cfg.to_dict(), "derived": derived.to_dict()})
+            # first checkpoint, or re-attached by a sweep, logs its config exactly once. The
+            # monitor settings may change on resume: they go into a tag (Monitor.start) instead.
+            params = {k: v for k, v in cfg.to_dict().items() if k != "monitor"}
+            run.log_params({**params, "derived": derived.to_dict()})
             if start_epoch == 0:
                 run.log_dict(cfg.to_dict(), "config.json")
             # A job killed between an epoch's checkpoint and its metrics leaves that epoch
@@ -284,6 +297,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
             for h in history:
                 if int(h["epoch"]) not in logged:
                     run.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]))
+        monitor.start(run, fresh=start_epoch == 0)
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(_json(cfg.to_dict()))
@@ -338,6 +352,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                     step_logs[key] = step_logs.get(key, 0.0) + float(value)
                 loss_sum += loss
                 step += 1
+                monitor.after_step(step, views[0], batch.labels, indices)
             seconds = time.perf_counter() - t0
             metrics = {
                 "train/loss": loss_sum / max(1, derived.steps_per_epoch),
@@ -349,18 +364,21 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 **{f"train/{k}": float(v) for k, v in hook_logs.items()},  # the epoch's last step
                 **crop_logs,
             }
+            monitor.end_epoch(epoch + 1, last=epoch + 1 == cfg.train.epochs)
             history.append({"epoch": epoch + 1, **metrics})
             if env.is_main:
                 save_checkpoint(ckpt_path, _state(cfg, method, optimizer, epoch + 1, step, run_id, history,
                                                   info, image_size, elapsed + time.perf_counter() - wall0,
-                                                  boxes))
+                                                  boxes, monitor.state_dict()))
             if run is not None:  # after the checkpoint: a logged epoch is always a saved epoch
                 run.log_metrics(metrics, step=epoch + 1)
+            monitor.flush()
 
         done = stop >= cfg.train.epochs
         if env.is_main and not ckpt_path.exists():  # epochs == 0: the random-init encoder, saved
             save_checkpoint(ckpt_path, _state(cfg, method, optimizer, 0, 0, run_id, history, info,
-                                              image_size, 0.0))
+                                              image_size, 0.0, monitor_state=monitor.state_dict()))
+        monitor.flush()
         final = _final_metrics(history, elapsed + time.perf_counter() - wall0)
         if run is not None:
             if not done:  # stopped early (preemption): not finished until a resume completes it
@@ -428,10 +446,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _state(cfg: Config, method: Method, optimizer: torch.optim.Optimizer, epoch: int, step: int,
            run_id: str | None, history: list[dict[str, float]], info: Any,
-           image_size: int, wall_time_s: float, ccrop_boxes: torch.Tensor | None = None) -> dict[str, Any]:
+           image_size: int, wall_time_s: float, ccrop_boxes: torch.Tensor | None = None,
+           monitor_state: dict[str, Any] | None = None) -> dict[str, Any]:
     crop = {} if ccrop_boxes is None else {"ccrop_boxes": ccrop_boxes.cpu()}
+    monitoring = {"monitor": monitor_state} if monitor_state else {}  # online curves, head, alarm
     return {
-        **crop,
+        **crop, **monitoring,
         "config": cfg.to_dict(), "config_hash": cfg.hash(), "epoch": epoch, "global_step": step,
         "finished": epoch >= cfg.train.epochs, "model": method.state_dict(),
         "optimizer": optimizer.state_dict(), "mlflow_run_id": run_id, "history": history,
@@ -443,6 +463,7 @@ def _state(cfg: Config, method: Method, optimizer: torch.optim.Optimizer, epoch:
 
 
 def _check_resumable(state: dict[str, Any], cfg: Config, path: Path) -> None:
+    # The hash leaves out the monitor section: monitoring may be switched on, off or changed on resume.
     if state.get("config_hash") != cfg.hash():
         raise CheckpointError(
             f"Checkpoint '{path}' was written by a different configuration (hash "

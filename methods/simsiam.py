@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslbench.benchmark.config import added_key
 from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.registry import register_method
 
 
-def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def negative_cosine(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
     """SimSiam's negative cosine similarity ``D`` (Chen & He 2021, Eq. 1) with the stop-gradient
     of Eq. 3:
 
@@ -25,21 +26,24 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     Args:
         p: predictions (the branch that receives the gradient).
         z: projections of the other view, detached here (``sg``).
+        stop_gradient: False lets the gradient flow into ``z`` too (the collapse ablation of §4.1).
 
     Shape:
         p, z: (N, D). Returns a scalar in [-1, 1].
     """
-    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+    return -F.cosine_similarity(p, z.detach() if stop_gradient else z, dim=1).mean()
 
 
-def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """The symmetrised loss of SimSiam (Eq. 4): ``L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2``.
+def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor,
+                 stop_gradient: bool = True) -> torch.Tensor:
+    """The symmetrised loss of SimSiam (Eq. 4): ``L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2``
+    (without ``sg`` when ``stop_gradient`` is False).
 
     Shape:
         p1, p2, z1, z2: (N, D). Returns a scalar in [-1, 1] (-1: every prediction is parallel
         to the other view's projection).
     """
-    return 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
+    return 0.5 * (negative_cosine(p1, z2, stop_gradient) + negative_cosine(p2, z1, stop_gradient))
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,12 @@ class SimSiamConfig:
             512 (BN, ReLU) -> 2048, no BN on the output).
         fix_pred_lr: keep the predictor's learning rate at its peak instead of decaying it
             (``--fix-pred-lr``, the README recipe; §4: 68.1 vs 67.7 when decayed).
+        stop_gradient: detach the targets (Eq. 3). False is the paper's ablation (§4.1, Fig. 2),
+            where ResNet-50 collapses to a constant output. With simsiam-quick (small CNN) it does
+            not (BatchNorm in every layer keeps the features spread: normalised std ~0.65, no
+            collapse alarm) but collapses dimensionally: the monitor's RankMe falls to ~0.5-0.6x
+            the stop-gradient run's within an epoch (MEASURED). Added after runs existed
+            (``added_key``): left out of the stored config while True.
     """
 
     proj_hidden_dim: int = 2048
@@ -64,6 +74,7 @@ class SimSiamConfig:
     proj_layers: int = 3
     pred_hidden_dim: int = 512
     fix_pred_lr: bool = True
+    stop_gradient: bool = added_key(True)
 
     def __post_init__(self) -> None:
         if min(self.proj_hidden_dim, self.proj_dim, self.pred_hidden_dim) < 1:
@@ -98,7 +109,7 @@ class SimSiam(Method):
     def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         z1, z2 = forward_views(lambda x: self.projector(self.encoder(x)), views[:2])
         p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
-        loss = simsiam_loss(p1, p2, z1, z2)
+        loss = simsiam_loss(p1, p2, z1, z2, self.cfg.stop_gradient)
         # Collapse monitor of §4.1 / Fig. 2: the per-dimension std of l2-normalised z, which
         # is ~1/sqrt(d) for well-spread outputs and 0 for collapsed ones.
         z_std = F.normalize(z1.detach(), dim=1).std(dim=0).mean()
