@@ -138,26 +138,17 @@ def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: Any
     return results
 
 
+
 def read_subset(path: str | Path, train: Any) -> LabelledSubset:
-    """A labelled-subset file for ``train``: an sslbench subset (JSON, from ``sslbench subset``)
-    or a published list of training file names (ImageNet's SimCLR ``1percent.txt``).
+    """A labelled-subset file for ``train`` (:func:`sslbench.protocols.subsets.read_subset`): an
+    sslbench subset (JSON, from ``sslbench subset``) or a published list of training file names
+    (ImageNet's SimCLR ``1percent.txt``, for image-folder splits).
 
     Raises:
         DatasetError: unreadable, for another dataset or split, or naming files not in it.
     """
-    from sslbench.benchmark.errors import DatasetError
-    from sslbench.protocols.subsets import load_subset, subset_from_file_names
+    from sslbench.protocols.subsets import read_subset as read
 
-    path = Path(path)
-    try:
-        head = path.read_text(encoding="utf-8")[:1].strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"Cannot read the labelled-subset file '{path}' ({exc}).", "Check the path.") from None
-    if head == "{":
-        return load_subset(path, dataset=train.info.name, num_samples=len(train))
     samples = getattr(train, "samples", None)
-    if samples is None:
-        raise DatasetError(
-            f"'{path}' is a list of file names, but '{train.info.name}' is an in-memory dataset without them.",
-            "Use an sslbench subset file (`sslbench subset --dataset ... --out FILE`) for in-memory datasets.")
-    return subset_from_file_names(path, [p for p, _ in samples], train.info.name)
+    return read(path, dataset=train.info.name, num_samples=len(train),
+                sample_names=[p for p, _ in samples] if samples is not None else None)

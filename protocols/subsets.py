@@ -157,6 +157,40 @@ def subset_from_file_names(path: str | Path, sample_names: Sequence[str], datase
     return LabelledSubset(dataset, len(sample_names), indices, path.name, -1)
 
 
+def read_subset(path: str | Path, *, dataset: str, num_samples: int,
+                sample_names: Sequence[str] | None = None) -> LabelledSubset:
+    """A labelled subset given by path: an sslbench JSON file (:func:`load_subset`) or a published
+    list of training file names such as ImageNet's SimCLR ``1percent.txt``
+    (:func:`subset_from_file_names`, matched against ``sample_names``).
+
+    Args:
+        path: the file.
+        dataset: the training split's dataset name.
+        num_samples: the training split's size.
+        sample_names: the training images' file names, in split order (an image folder's
+            sample paths); None for in-memory data, which can only take JSON files.
+
+    Raises:
+        DatasetError: unreadable, corrupt, for another dataset or split, or a list of file names
+            for a split without file names.
+    """
+    path = Path(path)
+    try:
+        head = path.read_text(encoding="utf-8").lstrip()[:1]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"Cannot read the labelled-subset file '{path}' ({exc}).", "Check the path.") from None
+    if head == "{":
+        return load_subset(path, dataset=dataset, num_samples=num_samples)
+    if sample_names is None:
+        raise DatasetError(
+            f"'{path}' is a list of file names, but the training split of '{dataset}' has no file names "
+            "(it is held in memory).",
+            "Pass an sslbench subset file (save_subset), or use an image-folder dataset.")
+    if len(sample_names) != num_samples:
+        raise ValueError(f"{len(sample_names)} sample names for a split of {num_samples} images")
+    return subset_from_file_names(path, sample_names, dataset)
+
+
 def _check_indices(subset: LabelledSubset, path: Path) -> None:
     idx = np.asarray(subset.indices)
     if idx.size == 0 or idx.min() < 0 or idx.max() >= subset.num_samples or (np.diff(idx) <= 0).any():

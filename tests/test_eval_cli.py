@@ -131,3 +131,17 @@ def test_transfer_protocol_marks_only_runs_on_another_dataset():
                          "eval_dataset": ["a", "b", None, None]})
     assert transfer_protocol(runs).tolist()[:2] == ["linear", "linear@b"]
     assert transfer_protocol(runs).tolist()[3] == "knn"
+
+
+def test_protocols_never_import_methods():
+    """`protocols/` judges encoders, never methods: importing every protocol module (and running
+    the registry) leaves sslbench.methods unimported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sslbench.protocols as p, sslbench.protocols.semisup, sslbench.protocols.detection, "
+            "sslbench.protocols.detection_data, sslbench.protocols.detection_metrics, "
+            "sslbench.protocols.diagnostics; [p.get_protocol(n) for n in p.list_protocols()]; "
+            "print(sorted(m for m in sys.modules if m.startswith('sslbench.methods')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

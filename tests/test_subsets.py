@@ -9,6 +9,7 @@ from sslbench.benchmark.errors import ConfigError, DatasetError
 from sslbench.protocols.subsets import (
     balanced_subset,
     load_subset,
+    read_subset,
     save_subset,
     subset_from_file_names,
 )
@@ -63,3 +64,20 @@ def test_published_file_name_lists(tmp_path):
     listing.write_text("0_1.JPEG\nnot_here.JPEG\n")
     with pytest.raises(DatasetError, match="1 of the 2 files .* not_here.JPEG"):
         subset_from_file_names(listing, names, "imagenet")
+
+
+def test_read_subset_takes_an_sslbench_file_or_a_published_list(tmp_path):
+    s = balanced_subset(LABELS, "toy", per_class=3, seed=0)
+    path = save_subset(s, tmp_path / "toy.json")
+    assert read_subset(path, dataset="toy", num_samples=1000) == s
+    with pytest.raises(DatasetError, match="is for 'toy'"):
+        read_subset(path, dataset="other", num_samples=1000)
+    names = [f"train/c{c}/img{i}.png" for i, c in enumerate(LABELS)]
+    listing = tmp_path / "10percent.txt"
+    listing.write_text("img5.png\nimg500.png\n")
+    listed = read_subset(listing, dataset="toy", num_samples=1000, sample_names=names)
+    assert listed.indices == (5, 500) and listed.spec == "10percent.txt"
+    with pytest.raises(DatasetError, match="has no file names"):
+        read_subset(listing, dataset="toy", num_samples=1000)
+    with pytest.raises(DatasetError, match="Cannot read"):
+        read_subset(tmp_path / "missing.txt", dataset="toy", num_samples=1000)
