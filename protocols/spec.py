@@ -466,7 +466,7 @@ class DiagnosticsSpec:
 ProtocolSpec = KNNSpec | LinearSpec | SemiSupSpec | DetectionSpec | DiagnosticsSpec
 _SPEC_TYPES = (KNNSpec, LinearSpec, SemiSupSpec, DetectionSpec, DiagnosticsSpec)
 
-_SPEC_CLASSES: dict[str, type[ProtocolSpec]] = {cls.kind: cls for cls in _SPEC_TYPES}  # type: ignore[misc]
+_SPEC_CLASSES: dict[str, type[ProtocolSpec]] = {cls.kind: cls for cls in _SPEC_TYPES}
 
 
 def spec_from_dict(data: dict[str, Any]) -> ProtocolSpec:
