@@ -235,6 +235,9 @@ def sweep_from_dict(raw: Mapping[str, Any], *, source: str = "<cli>") -> SweepSp
     if not all(isinstance(p, str) for p in protocols):
         raise ConfigError(f"'protocols' in {where} must be a list of names.",
                           "E.g. protocols = [\"knn-k200-t0.1\", \"linear\"].")
+    from sslbench.protocols.spec import PROTOCOL_ALIASES
+
+    protocols = [PROTOCOL_ALIASES.get(p, p) for p in protocols]  # "semisup" -> its default spec's name
     fixed = dict(_typed(raw, "set", dict, where) or {})
     axes_raw = _typed(raw, "axes", dict, where) or {}
     axes: dict[str, tuple[Any, ...]] = {}

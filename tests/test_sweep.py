@@ -294,3 +294,13 @@ def test_slurm_settings_from_the_command_line(tmp_path):
         with_slurm_overrides(spec, ["time_min=soon"])
     with pytest.raises(ConfigError, match="gpus"):
         with_slurm_overrides(spec, ["gpus=8"])
+
+
+def test_sweeps_accept_the_new_protocols_and_family_names(tmp_path):
+    spec = _spec(tmp_path, protocols=["semisup", "semisup-10pct-distill", "detection-embedded", "diagnostics",
+                                      "knn"])
+    assert spec.protocols == ("semisup-1pct", "semisup-10pct-distill", "detection-embedded", "diagnostics",
+                              "knn-k200-t0.1")
+    assert all(c.protocols == spec.protocols for c in expand(spec))
+    with pytest.raises(SSLBenchError, match="Unknown protocol 'semisup-2pct'"):
+        expand(_spec(tmp_path, protocols=["semisup-2pct"]))
