@@ -145,3 +145,30 @@ def test_protocols_never_import_methods():
             "print(sorted(m for m in sys.modules if m.startswith('sslbench.methods')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_semisup_from_simclrv2_projector_layer(tmp_path):
+    """SimCLR v2 fine-tunes from the first projector layer: the module is the encoder plus that
+    layer (output width = the projector's hidden width), built from the checkpoint's method; a
+    method without such a projector is a clear error."""
+    from sslbench.benchmark.datasets import load_dataset
+    from sslbench.benchmark.evaluate import finetune_module
+    from sslbench.protocols import SemiSupSpec, evaluate
+
+    tiny = ["data.dataset=synthetic", "data.batch_size=32", "augment=simclr-small", "train.epochs=1",
+            "method.proj_hidden_dim=48", "method.proj_dim=16"]
+    result = pretrain(resolve("simclrv2-quick", tiny), tmp_path / "v2", progress=False)
+    module = finetune_module(result.checkpoint, 1)
+    with torch.no_grad():
+        assert module(torch.zeros(2, 1, 16, 16)).shape == (2, 48)
+    spec = SemiSupSpec(name="semisup-proj1", version=1, fraction=None, per_class=8, val_per_class=8,
+                       from_projector_layer=1, epochs=1, lrs=(0.05,))
+    train, test = load_dataset("synthetic", "train"), load_dataset("synthetic", "test")
+    encoder = result.encoder.cpu().eval()
+    with pytest.raises(ConfigError, match="projector"):
+        evaluate(encoder, train, test, [spec], progress=False)
+    (res,) = evaluate(encoder, train, test, [spec], progress=False, finetune_encoder=module)
+    assert res.params["feature_dim"] == 48.0 and 0 <= res.metrics["top1"] <= 100
+    simclr = pretrain(resolve("simclr-quick", TINY), tmp_path / "v1", progress=False)
+    with pytest.raises(ConfigError, match="no projector layers"):
+        finetune_module(simclr.checkpoint, 1)
