@@ -26,7 +26,7 @@ from sslbench.benchmark.backbones import build_backbone
 from sslbench.benchmark.checkpoint import check_checkpoint, is_sslbench_checkpoint, read_tensor_file
 from sslbench.benchmark.errors import CheckpointError, ConfigError
 
-__all__ = ["EncoderSource", "find_state_dict", "load_any_encoder", "match_state_dict"]
+__all__ = ["EncoderSource", "encoder_from_checkpoint", "find_state_dict", "load_any_encoder", "match_state_dict"]
 
 #: Keys of a published checkpoint that may hold the model's state dict, tried in this order.
 NESTED_KEYS = ("state_dict", "model", "model_state", "teacher", "student", "net", "network", "encoder")
@@ -107,7 +107,9 @@ def _prefixes(keys: list[str]) -> set[str]:
 
 
 def match_state_dict(weights: dict[str, Tensor], target: dict[str, Tensor], *, path: str | Path,
-                     backbone: str) -> tuple[dict[str, Tensor], str, tuple[str, ...]]:
+                     backbone: str, fix: str = ("Pass the backbone the weights were trained with (--backbone, a "
+                                                "timm or sslbench name) and its input channels (--in-chans).")
+                     ) -> tuple[dict[str, Tensor], str, tuple[str, ...]]:
     """Matches a file's tensors to a backbone's state dict.
 
     Picks the key prefix (``""``, ``module.``, ``module.encoder_q.``, ``backbone.``, ...) whose
@@ -142,10 +144,25 @@ def match_state_dict(weights: dict[str, Tensor], target: dict[str, Tensor], *, p
                            f"backbone {tuple(target[k].shape)})")
         raise CheckpointError(
             f"The weights in '{path}' (key prefix {prefix!r}) do not fit backbone '{backbone}': "
-            + "; ".join(details) + ". This is a checkpoint of another backbone or input.",
-            "Pass the backbone the weights were trained with (--backbone, a timm or sslbench name) and "
-            "its input channels (--in-chans).")
+            + "; ".join(details) + ". This is a checkpoint of another backbone or input.", fix)
     return {k: v for k, v in stripped.items() if k in target}, prefix, dropped
+
+
+def encoder_from_checkpoint(state: dict[str, Any], path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The encoder held by a loaded sslbench checkpoint (eval mode) and its ``encoder`` metadata.
+
+    Raises:
+        CheckpointError: no encoder in it, or weights that do not fit its declared backbone.
+    """
+    meta = state.get("encoder")
+    if not isinstance(meta, dict) or "model" not in state:
+        raise CheckpointError(f"'{path}' holds no encoder.", "Pass a checkpoint from `sslbench pretrain`.")
+    encoder, _ = build_backbone(meta["backbone"], meta["in_chans"], meta["image_size"])
+    weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+    matched, _, _ = match_state_dict(weights, encoder.state_dict(), path=path, backbone=meta["backbone"],
+                                     fix="An sslbench checkpoint says what it holds: this one is corrupt or was edited.")
+    encoder.load_state_dict(matched, strict=False)
+    return encoder.eval(), meta
 
 
 def load_any_encoder(path: str | Path, *, backbone: str | None = None, in_chans: int | None = None,
@@ -170,9 +187,7 @@ def load_any_encoder(path: str | Path, *, backbone: str | None = None, in_chans:
     sha = file_sha256(path)
     if is_sslbench_checkpoint(state):
         state = check_checkpoint(state, path)
-        meta = state.get("encoder")
-        if not isinstance(meta, dict) or "model" not in state:
-            raise CheckpointError(f"'{path}' holds no encoder.", "Pass a checkpoint from `sslbench pretrain`.")
+        encoder, meta = encoder_from_checkpoint(state, path)
         if backbone is not None and backbone != meta["backbone"]:
             raise CheckpointError(
                 f"'{path}' is an sslbench checkpoint of a '{meta['backbone']}' encoder, not '{backbone}'.",
@@ -181,10 +196,6 @@ def load_any_encoder(path: str | Path, *, backbone: str | None = None, in_chans:
         if in_chans is not None and in_chans != meta["in_chans"]:
             raise CheckpointError(f"'{path}' holds an encoder of {meta['in_chans']}-channel images, not {in_chans}.",
                                   "Drop --in-chans for sslbench checkpoints.")
-        encoder, _ = build_backbone(meta["backbone"], meta["in_chans"], meta["image_size"])
-        weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
-        matched, _, _ = match_state_dict(weights, encoder.state_dict(), path=path, backbone=meta["backbone"])
-        encoder.load_state_dict(matched, strict=False)
         source = EncoderSource(
             path=str(path), kind="sslbench", backbone=meta["backbone"], in_chans=int(meta["in_chans"]),
             image_size=int(meta["image_size"]), sha256=sha, dataset=meta.get("dataset"),

@@ -480,26 +480,19 @@ def _json(d: dict[str, Any]) -> str:
 
 
 def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuilds the backbone of an sslbench checkpoint, for evaluation.
+    """Rebuilds the backbone of an sslbench checkpoint, for evaluation
+    (:func:`sslbench.benchmark.encoders.load_any_encoder` also reads plain state dicts).
 
     Returns:
         The encoder (eval mode) and the checkpoint's ``encoder`` metadata plus ``config``.
 
     Raises:
-        CheckpointError: unreadable, or its weights do not fit its declared backbone.
+        CheckpointError: unreadable, not an sslbench checkpoint, or its weights do not fit its
+            declared backbone.
     """
-    state = load_checkpoint(path, map_location=map_location)
-    meta = state.get("encoder")
-    if not isinstance(meta, dict) or "model" not in state:
-        raise CheckpointError(f"'{path}' holds no encoder.", "Pass a checkpoint from `sslbench pretrain`.")
-    encoder, _ = build_backbone(meta["backbone"], meta["in_chans"], meta["image_size"])
-    weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
-    try:
-        encoder.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"The encoder weights in '{path}' do not fit backbone '{meta['backbone']}' "
-            f"({str(exc).splitlines()[0][:160]}).", "The checkpoint is corrupt or was edited.",
-        ) from None
-    return encoder.eval(), {**meta, "config": state.get("config", {}), "epoch": state.get("epoch"),
-                            "mlflow_run_id": state.get("mlflow_run_id")}
+    from sslbench.benchmark.encoders import encoder_from_checkpoint
+
+    state = load_checkpoint(path, map_location=map_location)  # refuses plain state dicts
+    encoder, meta = encoder_from_checkpoint(state, path)
+    return encoder, {**meta, "config": state.get("config", {}), "epoch": state.get("epoch"),
+                     "mlflow_run_id": state.get("mlflow_run_id")}
