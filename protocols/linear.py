@@ -41,6 +41,7 @@ __all__ = [
     "grid_key",
     "linear_probe_augmented",
     "linear_probe_features",
+    "normalized_preprocess",
     "snapshot_state",
     "stratified_split",
 ]
@@ -504,12 +505,17 @@ def linear_probe_augmented(
     return _result(final, test_x, test_y.to(device), num_classes, val_correct, val_idx.numel(), lr, wd)
 
 
-def default_preprocess(info: Any) -> Callable[[Tensor], Tensor]:
-    """Plain preprocessing for a dataset: ``to_float_normalized`` with its mean, std and image size."""
+def normalized_preprocess(mean: Sequence[float], std: Sequence[float], size: int) -> Callable[[Tensor], Tensor]:
+    """Plain preprocessing: ``to_float_normalized`` with this mean, std and output size."""
     from sslbench.benchmark.augment import to_float_normalized
 
     def preprocess(images: Tensor) -> Tensor:
-        out: Tensor = to_float_normalized(images, info.mean, info.std, size=info.image_size)
+        out: Tensor = to_float_normalized(images, tuple(mean), tuple(std), size=size)
         return out
 
     return preprocess
+
+
+def default_preprocess(info: Any) -> Callable[[Tensor], Tensor]:
+    """Plain preprocessing for a dataset: ``to_float_normalized`` with its mean, std and image size."""
+    return normalized_preprocess(info.mean, info.std, info.image_size)

@@ -24,6 +24,7 @@ from sslbench.protocols.linear import (
     assert_frozen,
     linear_probe_augmented,
     linear_probe_features,
+    normalized_preprocess,
     snapshot_state,
 )
 from sslbench.protocols.output import ProtocolOutput
@@ -166,7 +167,7 @@ def evaluate(
     if normalization is None and train is not None:
         normalization = (train.info.mean, train.info.std, train.info.image_size)
     if preprocess is None and normalization is not None:
-        preprocess = _preprocess(*normalization)
+        preprocess = normalized_preprocess(*normalization)
     if augment is None and normalization is not None:
         from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
 
@@ -228,16 +229,6 @@ def evaluate(
                                       seconds=time.perf_counter() - start, artifacts=artifacts))
     assert_frozen(before, encoder)
     return results
-
-
-def _preprocess(mean: Sequence[float], std: Sequence[float], size: int) -> Callable[[Tensor], Tensor]:
-    from sslbench.benchmark.augment import to_float_normalized
-
-    def preprocess(images: Tensor) -> Tensor:
-        out: Tensor = to_float_normalized(images, tuple(mean), tuple(std), size=size)
-        return out
-
-    return preprocess
 
 
 def _run_other(spec: SemiSupSpec | DetectionSpec | DiagnosticsSpec, encoder: nn.Module, train: Any, test: Any, *,
