@@ -200,6 +200,15 @@ class LinearSpec:
 
 
 
+def _check_ints(spec: Any, **lower_bounds: int | None) -> None:
+    """Checks that each named field of ``spec`` is an integer at least its bound (None: any)."""
+    for field, lo in lower_bounds.items():
+        value = getattr(spec, field)
+        _check(_is_int(value) and (lo is None or value >= lo), spec.name,
+               f"{field}={value!r} must be an integer{'' if lo is None else f' >= {lo}'}.",
+               f"Use e.g. {field}={lo or 0}.")
+
+
 def _check_grid(spec_name: str, field: str, values: object, positive: bool) -> tuple[float, ...]:
     _check(isinstance(values, (tuple, list)) and len(values) > 0, spec_name,
            f"{field}={values!r} must be a non-empty tuple of numbers.", f"Use e.g. {field}=(1e-2, 1e-1).")
@@ -290,12 +299,8 @@ class SemiSupSpec:
         if self.per_class is not None:
             _check(_is_int(self.per_class) and self.per_class >= 1, self.name,
                    f"per_class={self.per_class!r} must be an integer >= 1.", "Use e.g. per_class=25.")
-        for field, lo in (("subset_seed", None), ("seed", None), ("val_per_class", 1),
-                          ("from_projector_layer", 0), ("epochs", 1), ("batch_size", 1), ("distill_epochs", 0)):
-            value = getattr(self, field)
-            _check(_is_int(value) and (lo is None or value >= lo), self.name,
-                   f"{field}={value!r} must be an integer{'' if lo is None else f' >= {lo}'}.",
-                   f"Use e.g. {field}={lo or 0}.")
+        _check_ints(self, subset_seed=None, seed=None, val_per_class=1, from_projector_layer=0, epochs=1,
+                    batch_size=1, distill_epochs=0)
         object.__setattr__(self, "lrs", _check_grid(self.name, "lrs", self.lrs, positive=True))
         _check(_is_real(self.weight_decay) and self.weight_decay >= 0, self.name,
                f"weight_decay={self.weight_decay!r} must be a finite number >= 0.", "Use e.g. 0.0 or 5e-4.")
@@ -390,11 +395,7 @@ class DetectionSpec:
                    f"Use e.g. {field}=800.")
         _check(self.max_size >= max(self.test_size, *self.train_sizes), self.name,
                f"max_size={self.max_size} is smaller than a train or test size.", "Raise max_size.")
-        for field, lo in (("iterations", 1), ("batch_size", 1), ("warmup_iters", 0), ("seed", None)):
-            value = getattr(self, field)
-            _check(_is_int(value) and (lo is None or value >= lo), self.name,
-                   f"{field}={value!r} must be an integer{'' if lo is None else f' >= {lo}'}.",
-                   f"Use e.g. {field}={lo or 0}.")
+        _check_ints(self, iterations=1, batch_size=1, warmup_iters=0, seed=None)
         _check(_is_real(self.lr) and self.lr > 0, self.name, f"lr={self.lr!r} must be a finite number > 0.",
                "Use e.g. lr=0.02 (batch 16).")
         _check(_is_real(self.weight_decay) and self.weight_decay >= 0, self.name,
