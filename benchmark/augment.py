@@ -38,6 +38,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -1001,9 +1002,21 @@ class BatchAugment:
         """Views per image."""
         return len(self.recipe.views)
 
+    @overload
     def __call__(self, images: torch.Tensor, generator: torch.Generator,
-                 crop_sampler: CropSampler | None = None) -> list[torch.Tensor]:
-        """Returns the views of ``images``.
+                 crop_sampler: CropSampler | None = None, *,
+                 return_params: Literal[False] = False) -> list[torch.Tensor]: ...
+
+    @overload
+    def __call__(self, images: torch.Tensor, generator: torch.Generator,
+                 crop_sampler: CropSampler | None = None, *,
+                 return_params: Literal[True]) -> tuple[list[torch.Tensor], list[ViewParams]]: ...
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator,
+                 crop_sampler: CropSampler | None = None, *,
+                 return_params: bool = False) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[ViewParams]]:
+        """Returns the views of ``images`` (and, with ``return_params``, each view's
+        :class:`ViewParams`: its crop boxes and flips, for methods that match pixels across views).
 
         Args:
             images: uint8 batch on any device.
@@ -1033,9 +1046,10 @@ class BatchAugment:
             self._stats_on[device] = (torch.tensor(self.mean, device=device), torch.tensor(self.std, device=device))
         mean, std = self._stats_on[device]
         x = images.to(torch.float32).div_(255.0)
-        views = []
+        views, all_params = [], []
         for spec, size in zip(self.recipe.views, self.view_sizes):
             params = sample_view_params(spec, b, height, width, generator, crop_sampler)  # whole batch
+            all_params.append(params)
             chunk = b if device.type != "cpu" else max(8, CPU_CHUNK_VALUES // (c * max(size, height, width) ** 2))
             if chunk >= b:
                 views.append(normalize(apply_view(x, spec, params, size), mean, std))
@@ -1047,7 +1061,7 @@ class BatchAugment:
                 rows = slice(start, start + chunk)
                 out[rows] = normalize(apply_view(x[rows], spec, params.rows(rows), size), mean, std)
             views.append(out)
-        return views
+        return (views, all_params) if return_params else views
 
     def __repr__(self) -> str:
         return f"BatchAugment(recipe={self.recipe.name!r}, view_sizes={self.view_sizes})"

@@ -18,6 +18,7 @@ dimension is discovered with a dummy forward pass, never configured.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -149,3 +150,47 @@ def build_backbone(name: str, in_chans: int, image_size: int) -> tuple[nn.Module
         raise ConfigError(f"Backbone '{name}' returns features of shape {tuple(out.shape)}, "
                           "not (batch, dim).", "Use a backbone with global pooling.")
     return model, int(out.shape[1])
+
+
+def feature_map(encoder: nn.Module, images: torch.Tensor, *, what: str = "this method",
+                fix: str = "Use small-cnn, a ResNet (resnet18-small, resnet50, ...), a ViT or another timm "
+                           "model with forward_features.") -> torch.Tensor:
+    """The backbone's last spatial feature map, before global pooling (dense methods, ContrastiveCrop).
+
+    ``small-cnn`` (a Sequential ending in AdaptiveAvgPool2d, Flatten): all but those two layers.
+    timm models: ``forward_features`` (NHWC outputs are permuted; ViT tokens without the
+    class/register tokens are laid out on their square patch grid).
+
+    Args:
+        encoder: a backbone built by :func:`build_backbone`.
+        images: its input.
+        what: who needs the map (for the error message).
+        fix: the advice of the error.
+
+    Shape:
+        images: (B, C, H, W); return: (B, D, h, w).
+
+    Raises:
+        ConfigError: the backbone has no spatial feature map that sslbench can find.
+    """
+    out: object
+    if (isinstance(encoder, nn.Sequential) and len(encoder) > 2
+            and isinstance(encoder[-2], nn.AdaptiveAvgPool2d) and isinstance(encoder[-1], nn.Flatten)):
+        out = encoder[:-2](images)
+    elif callable(getattr(encoder, "forward_features", None)):
+        out = encoder.forward_features(images)  # type: ignore[operator]
+        nhwc = getattr(encoder, "output_fmt", "NCHW") == "NHWC"
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and nhwc:
+            out = out.permute(0, 3, 1, 2)
+        elif isinstance(out, torch.Tensor) and out.ndim == 3:  # ViT tokens (B, N, D)
+            grid = out[:, int(getattr(encoder, "num_prefix_tokens", 0)):]
+            side = math.isqrt(grid.shape[1])
+            if side * side == grid.shape[1]:
+                out = grid.transpose(1, 2).reshape(out.shape[0], out.shape[2], side, side)
+    else:
+        out = None
+    if not isinstance(out, torch.Tensor) or out.ndim != 4:
+        got = (f"an output of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+               else "no forward_features")
+        raise ConfigError(f"{what} needs the last spatial feature map of the backbone, which has {got}.", fix)
+    return out

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslbench.benchmark.augment import _crop_sizes, to_float_normalized
+from sslbench.benchmark.backbones import feature_map
 from sslbench.benchmark.config import CropConfig
 from sslbench.benchmark.datasets import ArrayDataset, FolderDataset
-from sslbench.benchmark.errors import ConfigError
 
 __all__ = [
     "ContrastiveCropSampler",
@@ -71,11 +71,7 @@ def is_localization_epoch(epoch: int, crop: CropConfig) -> bool:
 
 
 def last_feature_map(encoder: nn.Module, images: torch.Tensor, backbone: str) -> torch.Tensor:
-    """The encoder's last spatial feature map (before global pooling).
-
-    ``small-cnn`` (a Sequential ending in AdaptiveAvgPool2d, Flatten): all but those two layers.
-    timm models: ``forward_features`` (NHWC outputs are permuted; ViT tokens without the
-    class/register tokens are laid out on their square patch grid).
+    """The encoder's last spatial feature map (:func:`~sslbench.benchmark.backbones.feature_map`).
 
     Shape:
         images: (B, C, H, W)
@@ -84,30 +80,9 @@ def last_feature_map(encoder: nn.Module, images: torch.Tensor, backbone: str) ->
     Raises:
         ConfigError: the backbone has no spatial feature map that sslbench can find.
     """
-    if (isinstance(encoder, nn.Sequential) and len(encoder) > 2
-            and isinstance(encoder[-2], nn.AdaptiveAvgPool2d) and isinstance(encoder[-1], nn.Flatten)):
-        out = encoder[:-2](images)
-    elif callable(getattr(encoder, "forward_features", None)):
-        out = encoder.forward_features(images)  # type: ignore[operator]
-        nhwc = getattr(encoder, "output_fmt", "NCHW") == "NHWC"
-        if isinstance(out, torch.Tensor) and out.ndim == 4 and nhwc:
-            out = out.permute(0, 3, 1, 2)
-        elif isinstance(out, torch.Tensor) and out.ndim == 3:  # ViT tokens (B, N, D)
-            grid = out[:, int(getattr(encoder, "num_prefix_tokens", 0)):]
-            side = math.isqrt(grid.shape[1])
-            if side * side == grid.shape[1]:
-                out = grid.transpose(1, 2).reshape(out.shape[0], out.shape[2], side, side)
-    else:
-        out = None
-    if not isinstance(out, torch.Tensor) or out.ndim != 4:
-        got = (f"an output of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
-               else "no forward_features")
-        raise ConfigError(
-            f"crop.mode=ccrop needs the last spatial feature map of backbone '{backbone}', which has {got}.",
-            "Use small-cnn, a ResNet (resnet18-small, resnet50, ...), a ViT or another timm model "
-            "with forward_features, or crop.mode=random.",
-        )
-    return out
+    return feature_map(encoder, images, what=f"crop.mode=ccrop (backbone '{backbone}')",
+                       fix="Use small-cnn, a ResNet (resnet18-small, resnet50, ...), a ViT or another timm "
+                           "model with forward_features, or crop.mode=random.")
 
 
 def check_feature_map(encoder: nn.Module, backbone: str, in_chans: int, image_size: int) -> None:

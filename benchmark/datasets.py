@@ -732,6 +732,72 @@ def _load_fashion_mnist_mini(split: str, *, data_dir: Path | None, download: boo
     return _array_dataset(images[:, None], labels, dataset_info("fashion-mnist-mini"), split)
 
 
+def colorize_fashion_mnist(images: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """The embedded grayscale images in colour, reproducibly (for the colour methods' tests and
+    benchmark: CMC's L/ab views and colorization need colour, and no colour dataset is embedded).
+
+    Each garment keeps its grayscale texture as its brightness and gets one colour: with
+    probability 1/2 a hue tied to its class (hue = class / 10 plus N(0, 0.04) turns), else a uniform
+    random hue; saturation U(0.5, 0.9). The background (where the garment is dark) is a linear
+    gradient between two random dull colours (any hue, saturation U(0.2, 0.5), value U(0.1, 0.35))
+    along a random direction. So colour carries some class information, as in natural images
+    (colorization can learn which shapes have which colours), but not all of it, and the
+    background's colour is a nuisance.
+
+    Args:
+        images: uint8 (N, 28, 28) grayscale.
+        labels: (N,) class indices.
+        seed: the draws' seed (one per split).
+
+    Returns:
+        uint8 (N, 3, H, W) RGB images.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n, h, w = images.shape
+    v = torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0)[:, None]  # (N, 1, H, W)
+    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    tied = torch.rand(n, generator=g) < 0.5
+    hue = torch.where(tied, lab.float() / 10 + 0.04 * torch.randn(n, generator=g), torch.rand(n, generator=g))
+    obj = _hsv_to_rgb(hue % 1.0, 0.5 + 0.4 * torch.rand(n, generator=g), torch.ones(n))
+    ends = [_hsv_to_rgb(torch.rand(n, generator=g), 0.2 + 0.3 * torch.rand(n, generator=g),
+                        0.1 + 0.25 * torch.rand(n, generator=g)) for _ in range(2)]
+    angle = 2 * math.pi * torch.rand(n, generator=g)
+    yy, xx = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
+    t = (xx * angle.cos()[:, None, None] + yy * angle.sin()[:, None, None] + 0.5).clamp(0, 1)[:, None]
+    background = ends[0][:, :, None, None] * (1 - t) + ends[1][:, :, None, None] * t
+    rgb = background * (1 - v) + obj[:, :, None, None] * v
+    return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def _hsv_to_rgb(hue: torch.Tensor, sat: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    """(N,) HSV in [0, 1] -> (N, 3) RGB in [0, 1] (the standard hexcone formula)."""
+    k = (torch.tensor([5.0, 3.0, 1.0]) + hue[:, None] * 6) % 6
+    return val[:, None] - val[:, None] * sat[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
+
+
+@register_dataset(
+    "fashion-mnist-color-mini",
+    info=DatasetInfo(
+        name="fashion-mnist-color-mini",
+        image_size=28,
+        channels=3,
+        num_classes=10,
+        mean=(0.3205, 0.3181, 0.3156),  # computed over the 10,000 generated training images
+        std=(0.2265, 0.2249, 0.2194),
+        in_memory=True,
+        source="generated: the embedded fashion-mnist-mini images coloured by colorize_fashion_mnist "
+               "(seeds 0 train, 1 test); for the colour methods (CMC, colorization)",
+    ),
+    splits=("train", "test"),
+)
+def _load_fashion_mnist_color_mini(split: str, *, data_dir: Path | None, download: bool,
+                                   image_size: int | None, num_workers: int) -> ArrayDataset:
+    arrays = _embedded_arrays()
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    rgb = colorize_fashion_mnist(images, labels, seed=0 if split == "train" else 1)
+    return _array_dataset(rgb, labels, dataset_info("fashion-mnist-color-mini"), split)
+
+
 # ----------------------------------------------------------------------------------------------
 # torchvision datasets: CIFAR-10/100, STL-10
 

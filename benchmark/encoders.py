@@ -148,6 +148,23 @@ def match_state_dict(weights: dict[str, Tensor], target: dict[str, Tensor], *, p
     return {k: v for k, v in stripped.items() if k in target}, prefix, dropped
 
 
+def _build_checkpoint_encoder(meta: dict[str, Any], path: str | Path) -> nn.Module:
+    """The (untrained) encoder an sslbench checkpoint's metadata describes: its backbone, or the
+    wrapper it records (CMC's colour views, CPC v2's patch grid; ``methods/encoders.py``)."""
+    wrapper = meta.get("wrapper")
+    if wrapper is None:
+        return build_backbone(meta["backbone"], meta["in_chans"], meta["image_size"])[0]
+    from sslbench.methods.base import InputSpec
+    from sslbench.methods.encoders import EncoderSpec, build_encoder
+
+    try:
+        spec = InputSpec(int(meta["in_chans"]), int(meta["image_size"]), tuple(meta["mean"]), tuple(meta["std"]))
+        return build_encoder(meta["backbone"], spec, EncoderSpec(str(wrapper["name"]), dict(wrapper["args"])))[0]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"'{path}' records an encoder wrapper sslbench cannot rebuild ({exc!r}).",
+                              "An sslbench checkpoint says what it holds: this one is corrupt or was edited.") from None
+
+
 def encoder_from_checkpoint(state: dict[str, Any], path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The encoder held by a loaded sslbench checkpoint (eval mode) and its ``encoder`` metadata.
 
@@ -157,7 +174,7 @@ def encoder_from_checkpoint(state: dict[str, Any], path: str | Path) -> tuple[nn
     meta = state.get("encoder")
     if not isinstance(meta, dict) or "model" not in state:
         raise CheckpointError(f"'{path}' holds no encoder.", "Pass a checkpoint from `sslbench pretrain`.")
-    encoder, _ = build_backbone(meta["backbone"], meta["in_chans"], meta["image_size"])
+    encoder = _build_checkpoint_encoder(meta, path)
     weights = {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
     matched, _, _ = match_state_dict(weights, encoder.state_dict(), path=path, backbone=meta["backbone"],
                                      fix="An sslbench checkpoint says what it holds: this one is corrupt or was edited.")

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
-from sslbench.benchmark.backbones import build_backbone
 from sslbench.benchmark.checkpoint import load_checkpoint, save_checkpoint
 from sslbench.benchmark.config import Config, Derived, derive
 from sslbench.benchmark.contrastive_crop import (
@@ -57,6 +56,8 @@ from sslbench.benchmark.monitor import Monitor
 from sslbench.benchmark.optim import build_optimizer, set_lr
 from sslbench.benchmark.schedules import warmup_cosine
 from sslbench.methods import Method, StepContext, get_method
+from sslbench.methods.base import InputSpec, ViewGeometry
+from sslbench.methods.encoders import EncoderSpec, build_encoder
 from sslbench.results.tracking import METRIC_FINAL_WALL_TIME_S, TAG_RUN_DIR
 
 CHECKPOINT_NAME = "last.pt"
@@ -119,15 +120,36 @@ def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + stream * 104_729 + rank * 15_485_863) % (2**63 - 1)
 
 
-def build_method(cfg: Config, in_chans: int, image_size: int, num_samples: int = 0) -> Method:
-    """Seeds the global RNG with ``train.seed`` and builds backbone + method (deterministic init).
-
-    ``num_samples`` (the training split's size) reaches methods that keep per-image state.
-    """
-    torch.manual_seed(cfg.train.seed)
+def encoder_spec_of(cfg: Config, input_spec: InputSpec) -> EncoderSpec | None:
+    """The wrapper of ``cfg.method``'s evaluated encoder (None: the plain backbone)."""
     entry = get_method(cfg.method)
-    backbone, dim = build_backbone(cfg.backbone, in_chans, image_size)
-    return entry.build(backbone, dim, cfg.method_args, num_samples)
+    return entry.cls.encoder_spec(entry.config(**cfg.method_args), input_spec)
+
+
+def build_method(cfg: Config, in_chans: int, image_size: int, num_samples: int = 0, *,
+                 input_spec: InputSpec | None = None) -> Method:
+    """Seeds the global RNG with ``train.seed`` and builds encoder + method (deterministic init).
+
+    ``num_samples`` (the training split's size) reaches methods that keep per-image state;
+    ``input_spec`` (the data's normalisation; default mean 0.5, std 0.25 per channel, for tests)
+    reaches methods that convert pixels and encoder wrappers (``methods/encoders.py``).
+
+    Raises:
+        ConfigError: a colour method (CMC, colorization) on grayscale data.
+    """
+    entry = get_method(cfg.method)
+    if entry.needs_color and in_chans != 3:
+        raise ConfigError(
+            f"'{cfg.method}' ({entry.family}) learns from the colour channels of RGB images, but the "
+            f"data ('{cfg.data.dataset}') has {in_chans} channel(s): on grayscale images its colour "
+            "views are empty or constant, so there is nothing to learn.",
+            "Use a colour dataset: data.dataset=fashion-mnist-color-mini (the embedded images, "
+            "generated in colour), cifar10, stl10 or an RGB image folder.")
+    if input_spec is None:
+        input_spec = InputSpec(in_chans, image_size, (0.5,) * in_chans, (0.25,) * in_chans)
+    torch.manual_seed(cfg.train.seed)
+    encoder, dim = build_encoder(cfg.backbone, input_spec, encoder_spec_of(cfg, input_spec))
+    return entry.build(encoder, dim, cfg.method_args, num_samples, input_spec=input_spec)
 
 
 def identity_tags(cfg: Config, device: torch.device) -> dict[str, str]:
@@ -225,7 +247,8 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
         train = train.to(device)  # in-memory data moves to the device once
     info = train.info
     image_size = cfg.data.image_size or info.image_size
-    method = build_method(cfg, info.channels, image_size, len(train)).to(device)
+    input_spec = InputSpec(info.channels, image_size, tuple(info.mean), tuple(info.std))
+    method = build_method(cfg, info.channels, image_size, len(train), input_spec=input_spec).to(device)
     if env.distributed and device.type == "cuda" and method.sync_batchnorm:  # no SyncBN on CPU
         method = cast(Method, nn.SyncBatchNorm.convert_sync_batchnorm(method))
     channels_last = _channels_last(cfg, device)
@@ -316,6 +339,9 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                                      threshold=cfg.crop.threshold, batch_size=cfg.data.batch_size,
                                      device=device)
                 crop_logs = {"train/ccrop_box_area": mean_box_area(boxes)}
+            with torch.no_grad(), _autocast(device, cfg.train.precision):
+                epoch_ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, seed=cfg.train.seed)
+                epoch_logs = method.on_epoch_start(epoch_ctx, _EpochData(train, info, image_size, device))
             method.train()
             batches = train.batches(cfg.data.batch_size, shuffle=True, generator=shuffle_gen,
                                     drop_last=True, rank=env.rank, world_size=env.world_size)
@@ -328,10 +354,17 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 sampler = None
                 if boxes is not None:
                     sampler = ContrastiveCropSampler(boxes[indices], cfg.crop.alpha)
-                views = augment(batch.images.to(device, non_blocking=True), aug_gen, crop_sampler=sampler)
+                images = batch.images.to(device, non_blocking=True)
+                geometry = None
+                if method.needs_geometry:
+                    views, params = augment(images, aug_gen, crop_sampler=sampler, return_params=True)
+                    geometry = view_geometry(params, images.shape[-2], images.shape[-1])
+                else:
+                    views = augment(images, aug_gen, crop_sampler=sampler)
                 if channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, indices, cfg.train.seed)
+                ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, indices, cfg.train.seed,
+                                  geometry)
                 with _autocast(device, cfg.train.precision):
                     out = model(views, ctx)
                 # The mean over ranks: the logged loss, and every rank stops on a non-finite one.
@@ -363,12 +396,13 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 **{f"train/{k}": v / max(1, derived.steps_per_epoch) for k, v in step_logs.items()},
                 **{f"train/{k}": float(v) for k, v in hook_logs.items()},  # the epoch's last step
                 **crop_logs,
+                **{f"train/{k}": float(v) for k, v in epoch_logs.items()},
             }
             monitor.end_epoch(epoch + 1, last=epoch + 1 == cfg.train.epochs)
             history.append({"epoch": epoch + 1, **metrics})
             if env.is_main:
                 save_checkpoint(ckpt_path, _state(cfg, method, optimizer, epoch + 1, step, run_id, history,
-                                                  info, image_size, elapsed + time.perf_counter() - wall0,
+                                                  info, input_spec, elapsed + time.perf_counter() - wall0,
                                                   boxes, monitor.state_dict()))
             if run is not None:  # after the checkpoint: a logged epoch is always a saved epoch
                 run.log_metrics(metrics, step=epoch + 1)
@@ -377,7 +411,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
         done = stop >= cfg.train.epochs
         if env.is_main and not ckpt_path.exists():  # epochs == 0: the random-init encoder, saved
             save_checkpoint(ckpt_path, _state(cfg, method, optimizer, 0, 0, run_id, history, info,
-                                              image_size, 0.0, monitor_state=monitor.state_dict()))
+                                              input_spec, 0.0, monitor_state=monitor.state_dict()))
         monitor.flush()
         final = _final_metrics(history, elapsed + time.perf_counter() - wall0)
         if run is not None:
@@ -446,9 +480,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def _state(cfg: Config, method: Method, optimizer: torch.optim.Optimizer, epoch: int, step: int,
            run_id: str | None, history: list[dict[str, float]], info: Any,
-           image_size: int, wall_time_s: float, ccrop_boxes: torch.Tensor | None = None,
+           input_spec: InputSpec, wall_time_s: float, ccrop_boxes: torch.Tensor | None = None,
            monitor_state: dict[str, Any] | None = None) -> dict[str, Any]:
     crop = {} if ccrop_boxes is None else {"ccrop_boxes": ccrop_boxes.cpu()}
+    image_size = input_spec.image_size
+    wrapper = encoder_spec_of(cfg, input_spec)  # recorded only for wrapped encoders (CMC, CPC v2)
+    wrapped = {} if wrapper is None else {"wrapper": wrapper.to_dict()}
     monitoring = {"monitor": monitor_state} if monitor_state else {}  # online curves, head, alarm
     return {
         **crop, **monitoring,
@@ -458,8 +495,39 @@ def _state(cfg: Config, method: Method, optimizer: torch.optim.Optimizer, epoch:
         "wall_time_s": wall_time_s,
         "encoder": {"backbone": cfg.backbone, "in_chans": info.channels, "image_size": image_size,
                     "dataset": info.name, "mean": list(info.mean), "std": list(info.std),
-                    "feature_dim": method.feature_dim},
+                    "feature_dim": method.feature_dim, **wrapped},
     }
+
+
+def view_geometry(params: list[Any], height: int, width: int) -> tuple[ViewGeometry, ...]:
+    """Each view's crop boxes as fractions of the source images' side, and its flips.
+
+    Args:
+        params: the views' :class:`~sslbench.benchmark.augment.ViewParams` (boxes in pixels).
+        height, width: the source images' size.
+    """
+    scale = torch.tensor((height, width, height, width), dtype=torch.float32)
+    return tuple(ViewGeometry(p.boxes.float() / scale.to(p.boxes.device), p.flip.bool()) for p in params)
+
+
+class _EpochData:
+    """The training split un-augmented, for :meth:`Method.on_epoch_start`: normalised float
+    images at the training size, in index order, on ``device``."""
+
+    def __init__(self, train: Any, info: Any, image_size: int, device: torch.device) -> None:
+        self._train, self._info, self._size, self._device = train, info, image_size, device
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._train)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from sslbench.benchmark.augment import to_float_normalized
+
+        for batch in self._train.batches(batch_size, shuffle=False):
+            images = to_float_normalized(batch.images.to(self._device), self._info.mean, self._info.std,
+                                         self._size)
+            yield images, batch.indices.to(self._device)
 
 
 def _check_resumable(state: dict[str, Any], cfg: Config, path: Path) -> None:

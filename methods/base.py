@@ -12,6 +12,18 @@ Every method is an ``nn.Module`` subclass of :class:`Method` that
   :meth:`Method.on_step_end`, which the engine calls after the optimiser step;
 * exposes :meth:`Method.param_groups` (biases and norms excluded from weight decay and LARS).
 
+Methods that learn from more than two augmented views say what else they need, once for all:
+
+* ``needs_geometry``: where each view was cropped from (:class:`ViewGeometry`, PixPro's pixel
+  positives) arrives in ``ctx.geometry``;
+* :meth:`Method.on_epoch_start` sees the whole un-augmented training split (:class:`EpochData`:
+  DeepCluster v2's k-means, a colour prior) before each epoch;
+* :meth:`Method.encoder_spec` wraps the backbone(s) into the evaluated encoder (one encoder per
+  colour view for CMC, a patch grid for CPC v2; ``methods/encoders.py``), rebuilt from the checkpoint
+  by ``sslbench eval``.
+
+Two-view methods use none of it and are unchanged.
+
 The engine's order for one step is: ``out = method(views, ctx)`` -> finite check ->
 ``out.loss.backward()`` -> ``method.before_optimizer_step(ctx)`` -> ``optimizer.step()`` ->
 ``method.on_step_end(out, ctx)``.
@@ -22,12 +34,70 @@ registered buffer, so ``state_dict()`` captures it and resume is exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from sslbench.methods.encoders import EncoderSpec
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The training data's input, as a method that converts pixels (colour spaces) needs it.
+
+    Attributes:
+        channels: image channels (1 grayscale, 3 RGB).
+        image_size: the training image side in pixels.
+        mean, std: the per-channel normalisation the views carry, on the [0, 1] pixel scale.
+    """
+
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.image_size < 1 or len(self.mean) != self.channels \
+                or len(self.std) != self.channels or min(self.std) <= 0:
+            raise ValueError(f"bad input spec: {self}")
+
+
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Where one view's images were cropped from, for the whole batch.
+
+    Attributes:
+        boxes: the crop of each image as fractions of its source image's height and width.
+        flip: whether the crop was flipped horizontally (after cropping).
+
+    Shape:
+        boxes: (B, 4) ``(top, left, height, width)`` in [0, 1]; flip: (B,) bool.
+    """
+
+    boxes: torch.Tensor
+    flip: torch.Tensor
+
+
+class EpochData(Protocol):
+    """The whole training split, un-augmented, as :meth:`Method.on_epoch_start` sees it."""
+
+    @property
+    def num_samples(self) -> int:
+        """Images in the training split."""
+        ...
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(images, indices)`` over the split in index order: normalised float images at the
+        training image size on the training device, and their int64 positions in the split.
+
+        Shape:
+            images: (b, C, H, W); indices: (b,).
+        """
+        ...
 
 
 @dataclass
@@ -60,6 +130,8 @@ class StepContext:
             InstDisc's memory bank), on the views' device; None where the caller has none.
         seed: the run's seed; a method that samples (e.g. NCE negatives) seeds a generator from
             ``(seed, step)`` so every random choice is reproducible.
+        geometry: one :class:`ViewGeometry` per view; filled only for methods with
+            ``needs_geometry`` (None otherwise).
 
     Shape:
         indices: (B,) int64, row i is the image of row i of every view.
@@ -70,6 +142,7 @@ class StepContext:
     steps_per_epoch: int = 1
     indices: torch.Tensor | None = None
     seed: int = 0
+    geometry: tuple[ViewGeometry, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.steps_per_epoch < 1 or self.total_steps < 1 or self.step < 0:
@@ -127,6 +200,8 @@ class Method(nn.Module):
     #: statistics, as SimCLR, BYOL and MoCo v3 do); False keeps per-GPU statistics (MoCo v1/v2's
     #: shuffling BN relies on them).
     sync_batchnorm: bool = True
+    #: the engine passes each view's crop boxes and flips in ``StepContext.geometry``.
+    needs_geometry: bool = False
 
     def __init__(self, encoder: nn.Module, feature_dim: int) -> None:
         super().__init__()
@@ -137,6 +212,12 @@ class Method(nn.Module):
         """Same as :meth:`training_step`: the engine calls the method (or its
         ``DistributedDataParallel`` wrapper, whose gradient hooks are armed by ``forward``)."""
         return self.training_step(views, ctx)
+
+    @classmethod
+    def encoder_spec(cls, cfg: Any, input_spec: InputSpec) -> EncoderSpec | None:
+        """How the evaluated encoder wraps the backbone (``methods/encoders.py``), from the
+        method's config; None (the default): the plain backbone."""
+        return None
 
     def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         """Computes the loss for one batch of views.
@@ -149,6 +230,14 @@ class Method(nn.Module):
             views: tensors of shape (B, C, H_v, W_v).
         """
         raise NotImplementedError
+
+    @torch.no_grad()
+    def on_epoch_start(self, ctx: StepContext, data: EpochData) -> dict[str, float]:
+        """State computed from the whole training split before each epoch (k-means over the
+        dataset, a colour prior); called under no_grad, also for the first epoch after a resume,
+        with ``ctx.step`` the epoch's first step. Must depend only on the method's state and
+        ``ctx`` (resume is exact). Returns values to log (default: nothing)."""
+        return {}
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
         """Edits gradients after ``backward`` and before the optimiser step (default: nothing)."""

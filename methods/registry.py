@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from sslbench.benchmark.errors import unknown_name
-from sslbench.methods.base import Method
+from sslbench.methods.base import InputSpec, Method
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class MethodEntry:
         default_recipe: the recipe ``sslbench pretrain --method NAME`` starts from.
         needs_num_samples: the method keeps per-image state (InstDisc's memory bank) and is
             built with the training split's size as ``num_samples=`` (see :meth:`build`).
+        needs_color: the method learns across colour channels (CMC, colorization): the engine
+            refuses 1-channel data with a clear error.
+        needs_input: the method converts pixels and is built with the data's
+            :class:`~sslbench.methods.base.InputSpec` as ``input_spec=``.
     """
 
     name: str
@@ -35,9 +39,11 @@ class MethodEntry:
     paper: str
     default_recipe: str
     needs_num_samples: bool = False
+    needs_color: bool = False
+    needs_input: bool = False
 
     def build(self, encoder: nn.Module, feature_dim: int, args: Mapping[str, Any],
-              num_samples: int = 0) -> Method:
+              num_samples: int = 0, input_spec: InputSpec | None = None) -> Method:
         """Validates ``args`` against the method's config dataclass and builds the method.
 
         Args:
@@ -46,18 +52,25 @@ class MethodEntry:
             args: the method's hyperparameters (``Config.method_args``).
             num_samples: size of the training split (only methods with ``needs_num_samples``
                 receive it; they reject 0).
+            input_spec: the training input (only methods with ``needs_input`` receive it).
         """
         cfg = self.config(**args)
+        extra: dict[str, Any] = {}
         if self.needs_num_samples:
-            return self.cls(encoder, feature_dim, cfg, num_samples=num_samples)
-        return self.cls(encoder, feature_dim, cfg)
+            extra["num_samples"] = num_samples
+        if self.needs_input:
+            if input_spec is None:
+                raise ValueError(f"method '{self.name}' needs input_spec")
+            extra["input_spec"] = input_spec
+        return self.cls(encoder, feature_dim, cfg, **extra)
 
 
 _METHODS: dict[str, MethodEntry] = {}
 
 
 def register_method(name: str, *, config: type, family: str, paper: str, default_recipe: str,
-                    needs_num_samples: bool = False) -> Callable[[type[Method]], type[Method]]:
+                    needs_num_samples: bool = False, needs_color: bool = False,
+                    needs_input: bool = False) -> Callable[[type[Method]], type[Method]]:
     """Class decorator that registers a method under ``name``.
 
     Raises:
@@ -67,7 +80,8 @@ def register_method(name: str, *, config: type, family: str, paper: str, default
     def wrap(cls: type[Method]) -> type[Method]:
         if name in _METHODS:
             raise ValueError(f"method '{name}' is already registered by {_METHODS[name].cls}")
-        _METHODS[name] = MethodEntry(name, cls, config, family, paper, default_recipe, needs_num_samples)
+        _METHODS[name] = MethodEntry(name, cls, config, family, paper, default_recipe, needs_num_samples,
+                                     needs_color, needs_input)
         return cls
 
     return wrap

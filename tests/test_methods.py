@@ -7,7 +7,7 @@ import torch
 
 from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
 from sslbench.benchmark.backbones import build_backbone, list_backbones
-from sslbench.benchmark.engine import build_method
+from sslbench.benchmark.engine import build_method, view_geometry
 from sslbench.benchmark.errors import ConfigError, UnknownNameError
 from sslbench.benchmark.optim import LARS, build_optimizer
 from sslbench.benchmark.recipes import get_recipe, resolve
@@ -37,24 +37,50 @@ def test_registry_lists_and_rejects():
 
 
 def _smoke_setup(name):
-    """The method's default recipe on 28 px synthetic images, its own augmentation (all views,
-    multi-crop included), its own optimiser and parameter groups."""
+    """The method's default recipe on 28 px synthetic images (RGB for colour methods), its own
+    augmentation (all views, multi-crop included), its own optimiser and parameter groups; the
+    method's epoch-start hook has seen the (random) training split."""
     entry = get_method(name)
     cfg = resolve(entry.default_recipe, ["train.device=cpu"])
-    method = build_method(cfg, 1, 28, num_samples=64)
-    augment = BatchAugment(get_augment_recipe(cfg.augment), (0.5,), (0.25,), 28)
+    c = 3 if entry.needs_color else 1
+    method = build_method(cfg, c, 28, num_samples=64)
+    augment = BatchAugment(get_augment_recipe(cfg.augment), (0.5,) * c, (0.25,) * c, 28)
     optimizer = build_optimizer(method.param_groups(), cfg.optim, 1e-3)
+    with torch.no_grad():
+        method.on_epoch_start(StepContext(step=0, total_steps=4, steps_per_epoch=1, seed=0), _SplitData(c))
     return method, augment, optimizer
+
+
+class _SplitData:
+    """A random 64-image training split for ``on_epoch_start`` (normalised as the smoke views)."""
+
+    def __init__(self, channels):
+        g = torch.Generator().manual_seed(7)
+        self.images = (torch.randint(0, 256, (64, channels, 28, 28), generator=g).float() / 255 - 0.5) / 0.25
+
+    @property
+    def num_samples(self):
+        return 64
+
+    def batches(self, batch_size):
+        for start in range(0, 64, batch_size):
+            yield self.images[start:start + batch_size], torch.arange(start, min(64, start + batch_size))
 
 
 def _smoke_step(method, augment, optimizer, step):
     """One engine step (forward, backward, before_optimizer_step, step, on_step_end) on a fixed
     batch of step ``step``; returns the loss, the step's output and the hook's logs."""
     g = torch.Generator().manual_seed(100 + step)
-    images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8, generator=g)
+    c = augment.mean.__len__()
+    images = torch.randint(0, 256, (16, c, 28, 28), dtype=torch.uint8, generator=g)
     indices = torch.randperm(64, generator=g)[:16]
-    views = augment(images, torch.Generator().manual_seed(step))
-    ctx = StepContext(step=step, total_steps=4, steps_per_epoch=1, indices=indices, seed=0)
+    geometry = None
+    if method.needs_geometry:
+        views, params = augment(images, torch.Generator().manual_seed(step), return_params=True)
+        geometry = view_geometry(params, 28, 28)
+    else:
+        views = augment(images, torch.Generator().manual_seed(step))
+    ctx = StepContext(step=step, total_steps=4, steps_per_epoch=1, indices=indices, seed=0, geometry=geometry)
     out = method(views, ctx)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
