@@ -6,6 +6,7 @@ Importing this package registers every method.
 from sslbench.methods import (  # noqa: F401  (registration side effect)
     barlowtwins,
     byol,
+    cmc,
     dino,
     instdisc,
     invaspread,
@@ -13,6 +14,7 @@ from sslbench.methods import (  # noqa: F401  (registration side effect)
     mocov2,
     mocov3,
     nnclr,
+    pixpro,
     simclr,
     simclrv2,
     simsiam,

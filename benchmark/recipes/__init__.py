@@ -4,6 +4,7 @@ of recipes per method family. Importing this package registers every recipe."""
 from sslbench.benchmark.recipes import (  # noqa: F401  (registration side effect)
     barlowtwins,
     ccrop,
+    cmc,
     dino,
     foundation,
     instdisc,
@@ -11,6 +12,7 @@ from sslbench.benchmark.recipes import (  # noqa: F401  (registration side effec
     mocov1,
     mocov3,
     nnclr,
+    pixpro,
     simclrv2,
     simsiam,
     swav,
