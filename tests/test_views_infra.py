@@ -88,3 +88,30 @@ def test_color_dataset_is_reproducible_colour_with_the_same_labels():
     assert corr > 0.8
     a = colorize_fashion_mnist(gray.images[:5, 0].numpy(), gray.labels[:5].numpy(), seed=3)
     assert np.array_equal(a, colorize_fashion_mnist(gray.images[:5, 0].numpy(), gray.labels[:5].numpy(), seed=3))
+
+
+def test_wrapped_encoder_is_rebuilt_from_its_checkpoint(tmp_path):
+    """CMC's two-network colour encoder, saved by the engine (0 epochs: the seeded initialisation),
+    comes back through `sslbench eval`'s loader as the same module with the same outputs."""
+    from sslbench.benchmark.encoders import load_any_encoder
+    from sslbench.benchmark.engine import pretrain
+    from sslbench.benchmark.recipes import resolve
+
+    cfg = resolve("cmc-quick", ["train.epochs=0", "train.device=cpu"])
+    result = pretrain(cfg, tmp_path / "run", tracking=None, progress=False)
+    state = torch.load(result.checkpoint, weights_only=True)
+    assert state["encoder"]["wrapper"] == {"name": "color-split", "args": {"space": "lab", "groups": "0|1,2"}}
+    loaded, source = load_any_encoder(result.checkpoint)
+    assert isinstance(loaded, ColorSplitEncoder) and source.in_chans == 3
+    x = torch.randn(4, 3, 28, 28)
+    torch.testing.assert_close(loaded(x), result.encoder(x))
+
+
+def test_colour_method_on_grayscale_data_is_one_clear_error(tmp_path):
+    from sslbench.benchmark.engine import pretrain
+    from sslbench.benchmark.recipes import resolve
+
+    cfg = resolve("cmc-quick", ["train.epochs=0", "data.dataset=fashion-mnist-mini"])
+    with pytest.raises(ConfigError, match="colour channels of RGB images.*1 channel") as err:
+        pretrain(cfg, tmp_path / "run", tracking=None, progress=False)
+    assert "fashion-mnist-color-mini" in str(err.value)
