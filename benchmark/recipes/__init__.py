@@ -5,6 +5,7 @@ from sslbench.benchmark.recipes import (  # noqa: F401  (registration side effec
     barlowtwins,
     ccrop,
     cmc,
+    deepclusterv2,
     dino,
     foundation,
     instdisc,
