@@ -1004,17 +1004,19 @@ class BatchAugment:
 
     @overload
     def __call__(self, images: torch.Tensor, generator: torch.Generator,
-                 crop_sampler: CropSampler | None = None, *,
-                 return_params: Literal[False] = False) -> list[torch.Tensor]: ...
+                 crop_sampler: CropSampler | None = None, *, return_params: Literal[False] = False,
+                 view_images: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]: ...
 
     @overload
     def __call__(self, images: torch.Tensor, generator: torch.Generator,
-                 crop_sampler: CropSampler | None = None, *,
-                 return_params: Literal[True]) -> tuple[list[torch.Tensor], list[ViewParams]]: ...
+                 crop_sampler: CropSampler | None = None, *, return_params: Literal[True],
+                 view_images: Sequence[torch.Tensor] | None = None,
+                 ) -> tuple[list[torch.Tensor], list[ViewParams]]: ...
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator,
-                 crop_sampler: CropSampler | None = None, *,
-                 return_params: bool = False) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[ViewParams]]:
+                 crop_sampler: CropSampler | None = None, *, return_params: bool = False,
+                 view_images: Sequence[torch.Tensor] | None = None,
+                 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[ViewParams]]:
         """Returns the views of ``images`` (and, with ``return_params``, each view's
         :class:`ViewParams`: its crop boxes and flips, for methods that match pixels across views).
 
@@ -1024,6 +1026,9 @@ class BatchAugment:
             crop_sampler: places every view's crop instead of RandomResizedCrop (ContrastiveCrop's
                 :class:`~sslbench.benchmark.contrastive_crop.ContrastiveCropSampler`); None: the
                 recipe's RandomResizedCrop.
+            view_images: one uint8 batch per view, like ``images``, that view v is made from instead
+                of ``images`` (background augmentation's per-view composites,
+                :class:`~sslbench.benchmark.background.BackgroundAugment`); the draws are the same.
 
         Shape:
             images: (B, C, H, W), C in {1, 3}
@@ -1045,9 +1050,16 @@ class BatchAugment:
         if device not in self._stats_on:  # copied to the device once, not per call (a CUDA sync)
             self._stats_on[device] = (torch.tensor(self.mean, device=device), torch.tensor(self.std, device=device))
         mean, std = self._stats_on[device]
-        x = images.to(torch.float32).div_(255.0)
+        if view_images is not None and (len(view_images) != self.num_views or any(
+                v.dtype != torch.uint8 or v.shape != images.shape or v.device != device
+                for v in view_images)):
+            raise ValueError(f"view_images needs {self.num_views} uint8 batches of shape "
+                             f"{tuple(images.shape)} on {device}.")
+        x = images.to(torch.float32).div_(255.0) if view_images is None else images
         views, all_params = [], []
-        for spec, size in zip(self.recipe.views, self.view_sizes):
+        for v, (spec, size) in enumerate(zip(self.recipe.views, self.view_sizes)):
+            if view_images is not None:
+                x = view_images[v].to(torch.float32).div_(255.0)
             params = sample_view_params(spec, b, height, width, generator, crop_sampler)  # whole batch
             all_params.append(params)
             chunk = b if device.type != "cpu" else max(8, CPU_CHUNK_VALUES // (c * max(size, height, width) ** 2))

@@ -28,6 +28,9 @@ OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
 CROP_MODES = ("random", "ccrop")
+BACKGROUND_MODES = ("off", "bg_rm", "bg_random")
+BACKGROUND_SALIENCY = ("spectral", "activation")
+BACKGROUND_FILLS = ("grey", "random", "grayscale")
 #: field metadata: a field added after runs existed, left out of the stored config while default
 OMIT_WHEN_DEFAULT = "sslbench_omit_when_default"
 
@@ -182,6 +185,59 @@ class CropConfig:
 
 
 @dataclass(frozen=True)
+class BackgroundConfig:
+    """Background augmentation (Ryali et al. 2021, https://arxiv.org/abs/2103.12719;
+    ``benchmark/background.py``): in each view, with probability ``p`` per image, the pixels
+    outside the image's foreground mask are replaced; foreground pixels are never changed. The
+    operation runs on the full image before the view's crop, so the mask follows the crop.
+
+    Like ``crop`` the section is left out of :meth:`Config.to_dict` (and so of the hash) while it
+    equals these defaults (off).
+
+    Attributes:
+        mode: ``off``; ``bg_rm`` (BG_RM: the background becomes ``fill``) or ``bg_random``
+            (BG_Random: the background is another image of the batch).
+        p: probability that an image's view gets the operation (each view draws its own). 0.2 is
+            sslbench's default, not a value verified against the paper's text.
+        saliency: the foreground's source, no downloaded weights (the paper uses U^2-Net masks):
+            ``spectral`` (Hou & Zhang's spectral residual, CVPR 2007) or ``activation`` (the
+            encoder's own last feature map, ContrastiveCrop's heat map).
+        threshold: foreground = saliency above ``threshold`` x the image's mean saliency (3: Hou
+            & Zhang's object map).
+        fill: BG_RM's background: ``grey`` (mid-grey 128), ``random`` (a random grey level per
+            image and view) or ``grayscale`` (the image's own background in grayscale).
+        start_epoch: the operation starts at this epoch (``activation`` maps of an untrained
+            encoder say little; ContrastiveCrop waits for the same reason).
+    """
+
+    mode: str = "off"
+    p: float = 0.2
+    saliency: str = "spectral"
+    threshold: float = 3.0
+    fill: str = "grey"
+    start_epoch: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.mode in BACKGROUND_MODES, "background.mode", self.mode,
+               f"one of {', '.join(BACKGROUND_MODES)}")
+        _check(_is_number(self.p) and 0 <= self.p <= 1, "background.p", self.p, "a number in [0, 1]")
+        _check(self.saliency in BACKGROUND_SALIENCY, "background.saliency", self.saliency,
+               f"one of {', '.join(BACKGROUND_SALIENCY)}")
+        _check(_is_number(self.threshold) and 0 <= self.threshold < math.inf, "background.threshold",
+               self.threshold, "a number >= 0 (a multiple of the mean saliency)")
+        _check(self.fill in BACKGROUND_FILLS, "background.fill", self.fill,
+               f"one of {', '.join(BACKGROUND_FILLS)}")
+        _check(_is_int(self.start_epoch) and self.start_epoch >= 0, "background.start_epoch",
+               self.start_epoch, "an integer >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any view can change (a mode, and p > 0): off, the views are the same draws as
+        without the section."""
+        return self.mode != "off" and self.p > 0
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     """Online monitoring during pretraining (:mod:`sslbench.benchmark.monitor`): curves logged to
     MLflow under ``monitor/``, to watch a run, never to report. Final numbers always come from the
@@ -241,6 +297,7 @@ class Config:
         method_args: the method's hyperparameters, validated against its config dataclass.
         data, optim, train: see their classes.
         crop: crop placement (RandomResizedCrop or ContrastiveCrop), see :class:`CropConfig`.
+        background: background augmentation (BG_RM, BG_Random), see :class:`BackgroundConfig`.
         monitor: online monitoring curves during pretraining, see :class:`MonitorConfig`; never
             part of the hash.
     """
@@ -255,13 +312,14 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     crop: CropConfig = field(default_factory=CropConfig, metadata={OMIT_WHEN_DEFAULT: True})
     monitor: MonitorConfig = field(default_factory=MonitorConfig, metadata={OMIT_WHEN_DEFAULT: True})
+    background: BackgroundConfig = field(default_factory=BackgroundConfig, metadata={OMIT_WHEN_DEFAULT: True})
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-able data (what is logged and stored in checkpoints).
 
-        Sections added after runs existed (``crop``, ``monitor``) are present only when they differ
-        from their defaults, so configs that do not use them keep their hash and stored form (the same rule
-        as :func:`added_key` for method hyperparameters).
+        Sections added after runs existed (``crop``, ``monitor``, ``background``) are present only
+        when they differ from their defaults, so configs that do not use them keep their hash and
+        stored form (the same rule as :func:`added_key` for method hyperparameters).
         """
         out = dataclasses.asdict(self)
         out["method_args"] = dict(self.method_args)
@@ -270,9 +328,12 @@ class Config:
 
     def hash(self) -> str:
         """A stable hash of everything that changes the result (not paths, workers, device, nor
-        the ``monitor`` section, which never changes the trained weights)."""
+        the ``monitor`` section, which never changes the trained weights, nor a ``background``
+        section that is not enabled)."""
         d = self.to_dict()
         d.pop("monitor", None)
+        if not self.background.enabled:  # mode off or p = 0: trains exactly as without the section
+            d.pop("background", None)
         for key in ("data_dir", "download", "num_workers"):
             d["data"].pop(key)
         d["train"].pop("device")
@@ -363,7 +424,7 @@ def derive(cfg: Config, num_train: int, world_size: int = 1) -> Derived:
 # ---------------------------------------------------------------------------------------------
 
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "crop": CropConfig,
-             "monitor": MonitorConfig}
+             "monitor": MonitorConfig, "background": BackgroundConfig}
 _TOP_LEVEL = ("method", "backbone", "augment")
 
 
@@ -560,6 +621,7 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
             data=DataConfig(**d["data"]), optim=OptimConfig(**d["optim"]),
             train=TrainConfig(**d["train"]), crop=CropConfig(**d.get("crop", {})),
             monitor=MonitorConfig(**d.get("monitor", {})),
+            background=BackgroundConfig(**d.get("background", {})),
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"Stored config is incomplete or from another version: {exc}.",

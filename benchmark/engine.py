@@ -11,6 +11,10 @@ With ``crop.mode=ccrop`` (ContrastiveCrop, ``benchmark/contrastive_crop.py``) th
 begin by localising a box in every training image with the current encoder; each batch's crops are
 then placed in its images' boxes. The boxes are kept in the checkpoint, so resuming stays exact.
 
+With a ``background`` section (``benchmark/background.py``) each view is made from its own
+composite of the batch (foreground kept, background replaced with probability p), with draws from
+a per-epoch generator of their own, so the views' crops and colours stay those of a run without it.
+
 With a ``monitor`` section (``benchmark/monitor.py``) a :class:`~sslbench.benchmark.monitor.Monitor`
 probes the encoder every N steps and runs an online kNN / linear head every N epochs, logging
 ``monitor/*`` curves after each epoch's checkpoint; it never changes the trained weights, and final
@@ -31,6 +35,7 @@ import torch
 from torch import nn
 
 from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
+from sslbench.benchmark.background import BackgroundAugment
 from sslbench.benchmark.checkpoint import load_checkpoint, save_checkpoint
 from sslbench.benchmark.config import Config, Derived, derive
 from sslbench.benchmark.contrastive_crop import (
@@ -262,6 +267,10 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
     augment = BatchAugment(aug_recipe, info.mean, info.std, image_size)
     if cfg.crop.mode == "ccrop":  # fail now, not at the first localisation
         check_feature_map(method.encoder, cfg.backbone, info.channels, image_size)
+    background = None  # background augmentation: each view made from its own composite images
+    if cfg.background.enabled:
+        background = BackgroundAugment(cfg.background, info.mean, info.std, cfg.backbone)
+        background.check(method.encoder, info.channels, image_size)  # fail now, not at its first step
     boxes: torch.Tensor | None = None  # ContrastiveCrop boxes (N, 4); None: random crops
     derived = derive(cfg, len(train), env.world_size)
     optimizer = build_optimizer(method.param_groups(), cfg.optim, derived.lr)
@@ -331,6 +340,9 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
             shuffle_gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch, 0))
             aug_seed = epoch_seed(cfg.train.seed, epoch, 1, env.rank)  # own augmentations per rank
             aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
+            # Background draws on their own stream: the views' draws stay those of a run without it.
+            bg_seed = epoch_seed(cfg.train.seed, epoch, 2, env.rank)
+            bg_gen = torch.Generator(device=device).manual_seed(bg_seed)
             t0, loss_sum, hook_logs, crop_logs = time.perf_counter(), 0.0, {}, {}
             step_logs: dict[str, float] = {}  # StepOutput.logs, summed over the epoch's steps
             if is_localization_epoch(epoch, cfg.crop):  # every rank, the whole split, same weights
@@ -355,12 +367,16 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 if boxes is not None:
                     sampler = ContrastiveCropSampler(boxes[indices], cfg.crop.alpha)
                 images = batch.images.to(device, non_blocking=True)
+                view_images = None
+                if background is not None and epoch >= cfg.background.start_epoch:
+                    view_images = background(images, augment.num_views, bg_gen, method.encoder)
                 geometry = None
                 if method.needs_geometry:
-                    views, params = augment(images, aug_gen, crop_sampler=sampler, return_params=True)
+                    views, params = augment(images, aug_gen, crop_sampler=sampler, return_params=True,
+                                            view_images=view_images)
                     geometry = view_geometry(params, images.shape[-2], images.shape[-1])
                 else:
-                    views = augment(images, aug_gen, crop_sampler=sampler)
+                    views = augment(images, aug_gen, crop_sampler=sampler, view_images=view_images)
                 if channels_last:
                     views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                 ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, indices, cfg.train.seed,

@@ -11,6 +11,7 @@ from sslbench.methods import (  # noqa: F401  (registration side effect)
     dino,
     instdisc,
     invaspread,
+    jigsawcluster,
     mocov1,
     mocov2,
     mocov3,

@@ -2,6 +2,7 @@
 of recipes per method family. Importing this package registers every recipe."""
 
 from sslbench.benchmark.recipes import (  # noqa: F401  (registration side effect)
+    background,
     barlowtwins,
     ccrop,
     cmc,
@@ -10,6 +11,7 @@ from sslbench.benchmark.recipes import (  # noqa: F401  (registration side effec
     foundation,
     instdisc,
     invaspread,
+    jigsawcluster,
     mocov1,
     mocov3,
     nnclr,
