@@ -3,6 +3,11 @@ for the same number of epochs, at the same batch size, on the same data and back
 evaluated offline with kNN and the linear probe; one table with kNN top-1, linear top-1,
 images/s and peak memory per method, beside the random-init encoder.
 
+Methods whose encoder differs (CMC's one network per colour view, CPC v2's patch grid) or that
+train on other data (the colour methods on ``fashion-mnist-color-mini``) are compared with a
+random-init encoder of their own: one random-init row per distinct (dataset, backbone, encoder
+wrapper), and each method's Δ is against the row that matches it.
+
 Each pretraining runs in its own process (``sslbench pretrain``), so its peak memory is its own
 (on CPU the process's peak resident set; on CUDA the peak allocation) and a crash of one method
 does not stop the others: the table names the methods that failed and why.
@@ -58,17 +63,53 @@ def _pretrain_command(recipe: str, out: Path, uri: str, epochs: int, seed: int, 
     return cmd
 
 
+def encoder_key(recipe: str, extra: Sequence[str] = ()) -> str | None:
+    """What a random-init baseline must share with a recipe: its dataset, backbone and encoder
+    wrapper (``small-cnn · fashion-mnist-mini``, ``small-cnn · fashion-mnist-color-mini · color-split
+    0|1,2``); None for a recipe that does not resolve (its run fails and is reported)."""
+    from sslbench.benchmark.datasets import dataset_info
+    from sslbench.benchmark.engine import encoder_spec_of
+    from sslbench.benchmark.errors import SSLBenchError
+    from sslbench.benchmark.recipes import resolve
+    from sslbench.methods.base import InputSpec
+
+    try:
+        cfg = resolve(recipe, list(extra))
+        info = dataset_info(cfg.data.dataset)
+        size = cfg.data.image_size or info.image_size
+        spec = encoder_spec_of(cfg, InputSpec(info.channels, size, tuple(info.mean), tuple(info.std)))
+    except (SSLBenchError, ValueError, TypeError):
+        return None
+    key = f"{cfg.backbone} · {cfg.data.dataset}"
+    if spec is not None:
+        key += f" · {spec.name} " + " ".join(str(v) for v in spec.args.values())
+    return key
+
+
+def random_init_jobs(recipes: Sequence[str], extra: Sequence[str] = ()) -> dict[str, str]:
+    """``{encoder key: recipe}``: the first recipe of each distinct encoder key, whose 0-epoch run
+    is that key's random-init baseline."""
+    jobs: dict[str, str] = {}
+    for recipe in recipes:
+        key = encoder_key(recipe, extra)
+        if key is not None:
+            jobs.setdefault(key, recipe)
+    return jobs
+
+
 def run_all(recipes: Sequence[str], out: Path, *, epochs: int, seed: int = 0, threads: int = 0,
             extra: Sequence[str] = ()) -> dict[str, str]:
-    """Pretrains and evaluates each recipe in its own process (plus the random-init encoder of the
-    first recipe's backbone, as ``--epochs 0``); returns ``{recipe: error}`` for those that failed.
+    """Pretrains and evaluates each recipe in its own process (plus one random-init encoder per
+    distinct encoder key, :func:`random_init_jobs`, as ``--epochs 0``); returns
+    ``{label: error}`` for those that failed.
 
     A recipe whose run folder already holds a finished run is not trained again (``--resume``):
     an interrupted benchmark continues where it stopped.
     """
     uri = f"sqlite:///{(out / 'mlruns.db').resolve()}"
     failures: dict[str, str] = {}
-    jobs = [(RANDOM_INIT, recipes[0], 0)] + [(r, r, epochs) for r in recipes]
+    jobs = [(f"{RANDOM_INIT} ({key})", recipe, 0) for key, recipe in random_init_jobs(recipes, extra).items()]
+    jobs += [(r, r, epochs) for r in recipes]
     for label, recipe, n_epochs in jobs:
         cmd = _pretrain_command(recipe, out, uri, n_epochs, seed, threads, extra)
         if (out / "runs" / f"{recipe}-e{n_epochs}-s{seed}" / "checkpoints").exists():
@@ -83,12 +124,15 @@ def run_all(recipes: Sequence[str], out: Path, *, epochs: int, seed: int = 0, th
     return failures
 
 
-def methods_table(tracking_uri: str, epochs: int, failures: dict[str, str] | None = None) -> pd.DataFrame:
+def methods_table(tracking_uri: str, epochs: int, failures: dict[str, str] | None = None,
+                  extra: Sequence[str] = ()) -> pd.DataFrame:
     """One row per recipe: kNN and linear top-1, images/s, peak memory (MiB), wall time (s).
 
     Reads the benchmark's MLflow experiment: the evaluation runs for the accuracy columns, their
-    pretraining runs for the cost columns. The random-init row is the pretraining run with 0
-    epochs. The last run of a (recipe, epochs) pair wins when the benchmark ran twice.
+    pretraining runs for the cost columns. The random-init rows are the pretraining runs with 0
+    epochs, one per encoder key (:func:`encoder_key`; the ``encoder`` column), and each trained
+    row's Δ is against the random-init row of its own key. The last run of a (recipe, epochs)
+    pair wins when the benchmark ran twice.
     """
     from sslbench.results.aggregate import load_runs
 
@@ -104,7 +148,7 @@ def methods_table(tracking_uri: str, epochs: int, failures: dict[str, str] | Non
             continue
         row = {"method": RANDOM_INIT if n_epochs == 0 else p["method"],
                "recipe": "—" if n_epochs == 0 else p["recipe"], "epochs": n_epochs,
-               "start": p["start_time"]}
+               "encoder": encoder_key(str(p["recipe"]), extra), "start": p["start_time"]}
         for protocol, column in METRIC_COLUMNS.items():
             hit = group[group["protocol"] == protocol]
             row[column] = float(hit["top1"].iloc[-1]) if len(hit) else float("nan")
@@ -115,15 +159,15 @@ def methods_table(tracking_uri: str, epochs: int, failures: dict[str, str] | Non
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    table = table.sort_values("start").drop_duplicates(["method", "recipe", "epochs"], keep="last")
-    base = table.loc[table["method"] == RANDOM_INIT, "kNN k=200 top-1"]
-    if len(base):
-        table["Δ kNN vs random-init"] = table["kNN k=200 top-1"] - float(base.iloc[-1])
+    table = table.sort_values("start").drop_duplicates(["method", "recipe", "epochs", "encoder"], keep="last")
+    base = table[table["method"] == RANDOM_INIT].set_index("encoder")
+    for metric, column in (("kNN k=200 top-1", "Δ kNN vs random-init"), ("linear top-1", "Δ linear vs random-init")):
+        table[column] = table["encoder"].map(base[metric]).rsub(table[metric]) if len(base) else float("nan")
     for label, error in (failures or {}).items():
         table = pd.concat([table, pd.DataFrame([{"method": label, "recipe": label, "epochs": epochs,
                                                   "error": error}])], ignore_index=True)
     order = (table["method"] != RANDOM_INIT).astype(int)
-    return table.assign(_o=order).sort_values(["_o", "method", "recipe"]).drop(columns=["_o", "start"])
+    return table.assign(_o=order).sort_values(["_o", "encoder", "method", "recipe"]).drop(columns=["_o", "start"])
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -162,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failures = {} if args.table_only else run_all(recipes, out, epochs=args.epochs, seed=args.seed,
                                                   threads=args.threads, extra=args.set)
-    table = methods_table(f"sqlite:///{(out / 'mlruns.db').resolve()}", args.epochs, failures)
+    table = methods_table(f"sqlite:///{(out / 'mlruns.db').resolve()}", args.epochs, failures, args.set)
     import platform
 
     import torch

@@ -30,3 +30,13 @@ def test_benchmark_table_has_every_method_and_names_failures(tmp_path, capsys):
     assert B.main(["--methods", "simclr", "--epochs", "1", "--out", str(out), "--set",
                    "data.dataset=synthetic", "--table-only"]) == 0
     assert "| simclr" in capsys.readouterr().out
+
+
+def test_each_encoder_gets_its_own_random_init_baseline():
+    """Methods on other data or with a wrapped encoder (CMC: one network per colour view) are
+    compared with a random-init encoder of their own; the rest share one."""
+    jobs = B.random_init_jobs(["simclr-quick", "byol-quick", "cmc-quick", "no-such-recipe"])
+    assert jobs == {"small-cnn · fashion-mnist-mini": "simclr-quick",
+                    "small-cnn · fashion-mnist-color-mini · color-split lab 0|1,2": "cmc-quick"}
+    assert B.encoder_key("no-such-recipe") is None
+    assert B.encoder_key("simclr-quick", ["data.dataset=synthetic"]) == "small-cnn · synthetic"
