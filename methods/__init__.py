@@ -7,6 +7,7 @@ from sslbench.methods import (  # noqa: F401  (registration side effect)
     barlowtwins,
     byol,
     cmc,
+    cpc,
     deepclusterv2,
     dino,
     instdisc,

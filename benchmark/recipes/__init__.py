@@ -6,6 +6,7 @@ from sslbench.benchmark.recipes import (  # noqa: F401  (registration side effec
     barlowtwins,
     ccrop,
     cmc,
+    cpc,
     deepclusterv2,
     dino,
     foundation,
