@@ -145,6 +145,9 @@ class ColorSplitEncoder(nn.Module):
         input: (B, 3, H, W) normalised RGB; output: (B, sum of the groups' feature dims).
     """
 
+    offset: torch.Tensor  # (1, 3, 1, 1) buffers: the colour space's per-channel offset and scale
+    scale: torch.Tensor
+
     def __init__(self, backbone: str, input_spec: InputSpec, space: str = "lab", groups: str = "0|1,2") -> None:
         super().__init__()
         if input_spec.channels != 3:
