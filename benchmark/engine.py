@@ -128,7 +128,8 @@ def epoch_seed(seed: int, epoch: int, stream: int, rank: int = 0) -> int:
 def encoder_spec_of(cfg: Config, input_spec: InputSpec) -> EncoderSpec | None:
     """The wrapper of ``cfg.method``'s evaluated encoder (None: the plain backbone)."""
     entry = get_method(cfg.method)
-    return entry.cls.encoder_spec(entry.config(**cfg.method_args), input_spec)
+    method_cls = cast(type[Method], entry.cls)  # registered classes are Method subclasses
+    return method_cls.encoder_spec(entry.config(**cfg.method_args), input_spec)
 
 
 def build_method(cfg: Config, in_chans: int, image_size: int, num_samples: int = 0, *,
@@ -372,9 +373,9 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                     view_images = background(images, augment.num_views, bg_gen, method.encoder)
                 geometry = None
                 if method.needs_geometry:
-                    views, params = augment(images, aug_gen, crop_sampler=sampler, return_params=True,
-                                            view_images=view_images)
-                    geometry = view_geometry(params, images.shape[-2], images.shape[-1])
+                    views, view_params = augment(images, aug_gen, crop_sampler=sampler, return_params=True,
+                                                 view_images=view_images)
+                    geometry = view_geometry(view_params, images.shape[-2], images.shape[-1])
                 else:
                     views = augment(images, aug_gen, crop_sampler=sampler, view_images=view_images)
                 if channels_last:
