@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="input size of a plain state dict (default 224)")
     p.add_argument("--subset", help="labelled subset for semisup protocols: an sslbench subset file, or a "
                    "list of training file names (ImageNet's SimCLR 1percent.txt)")
-    p.add_argument("--detection-dataset", help="detection dataset (default: the spec's): embedded-detection, "
+    p.add_argument("--detection-dataset", help="detection dataset (default: the spec's): embedded-detection, embedded-detection-color, "
                    "voc07, voc0712, coco2017, coco-folder")
     p.add_argument("--detection-data-dir", help="where the detection dataset lives")
     p.add_argument("--device", default="auto")

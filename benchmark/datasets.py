@@ -758,8 +758,8 @@ def colorize_fashion_mnist(images: np.ndarray, labels: np.ndarray, seed: int) ->
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     tied = torch.rand(n, generator=g) < 0.5
     hue = torch.where(tied, lab.float() / 10 + 0.04 * torch.randn(n, generator=g), torch.rand(n, generator=g))
-    obj = _hsv_to_rgb(hue % 1.0, 0.5 + 0.4 * torch.rand(n, generator=g), torch.ones(n))
-    ends = [_hsv_to_rgb(torch.rand(n, generator=g), 0.2 + 0.3 * torch.rand(n, generator=g),
+    obj = hsv_to_rgb(hue % 1.0, 0.5 + 0.4 * torch.rand(n, generator=g), torch.ones(n))
+    ends = [hsv_to_rgb(torch.rand(n, generator=g), 0.2 + 0.3 * torch.rand(n, generator=g),
                         0.1 + 0.25 * torch.rand(n, generator=g)) for _ in range(2)]
     angle = 2 * math.pi * torch.rand(n, generator=g)
     yy, xx = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
@@ -769,7 +769,7 @@ def colorize_fashion_mnist(images: np.ndarray, labels: np.ndarray, seed: int) ->
     return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def _hsv_to_rgb(hue: torch.Tensor, sat: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+def hsv_to_rgb(hue: torch.Tensor, sat: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
     """(N,) HSV in [0, 1] -> (N, 3) RGB in [0, 1] (the standard hexcone formula)."""
     k = (torch.tensor([5.0, 3.0, 1.0]) + hue[:, None] * 6) % 6
     return val[:, None] - val[:, None] * sat[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))

@@ -127,6 +127,16 @@ class PatchGridEncoder(nn.Module):
         """
         return self.encode(self.patches(x), self.grid_size(x.shape[-2], x.shape[-1]))
 
+    def dense_branches(self) -> list[tuple[nn.Module, nn.Module]]:
+        """The dense-feature hook of the detection protocol: the backbone on the whole image, no
+        patches (CPC v2's transfer to PASCAL VOC detection runs the patch encoder on the whole image;
+        as recalled from the paper, section not re-checked).
+
+        Returns:
+            One branch, (identity transform, the backbone).
+        """
+        return [(nn.Identity(), self.backbone)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.grid(x).mean(dim=(2, 3))
 

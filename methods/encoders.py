@@ -13,6 +13,7 @@ Wrappers are registered by name with :func:`register_encoder`, as builders
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,6 +182,24 @@ class ColorSplitEncoder(nn.Module):
     def group_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each group's backbone features, shape (B, D_g)."""
         return [net(inp) for net, inp in zip(self.backbones, self.group_inputs(x))]
+
+    def group_input(self, x: torch.Tensor, group: int) -> torch.Tensor:
+        """The input channels of group ``group`` alone (``group_inputs(x)[group]``).
+
+        Shape:
+            x: (B, 3, H, W); return: (B, len(groups[group]), H, W).
+        """
+        return self.convert(x)[:, self.groups[group]]
+
+    def input_channels(self) -> int:
+        """Channels of the images the encoder takes (RGB), for protocols that build on its backbones."""
+        return 3
+
+    def dense_branches(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]]:
+        """The dense-feature hook of the detection protocol: per group, (normalised RGB -> the
+        group's converted channels, the group's backbone). Detection concatenates the groups' maps
+        level by level, as the encoder concatenates their features."""
+        return [(functools.partial(self.group_input, group=g), net) for g, net in enumerate(self.backbones)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.group_features(x), dim=1)

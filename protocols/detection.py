@@ -7,7 +7,9 @@ Protocol (:func:`run_detection`):
    top-level blocks of an ``nn.Sequential`` (sslbench's ``small-cnn``) or the ``feature_info``
    modules of a timm CNN (ResNets, ...), whose strides are measured on a probe image; the last map
    of each stride >= 4 feeds a :class:`torchvision.ops.FeaturePyramidNetwork` (plus a max-pooled
-   extra level, as torchvision's ResNet-FPN). ViTs and other structures are a ``ConfigError``;
+   extra level, as torchvision's ResNet-FPN). Encoder wrappers (CPC v2's patch grid, CMC's
+   one backbone per colour group) name their CNNs through ``dense_branches()``
+   (:func:`build_fpn_backbone`). ViTs and other structures are a ``ConfigError``;
 2. apply ``spec.norm`` to the encoder's BatchNorm layers: ``"frozen"`` -> ``FrozenBatchNorm2d``
    with the pretrained statistics and affine parameters; ``"sync"`` -> ``SyncBatchNorm`` (in one
    process it normalises with the statistics of the whole batch, which is what SyncBN computes
@@ -46,7 +48,7 @@ import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,6 +210,104 @@ def _feature_list_net(encoder: nn.Module, indices: Sequence[int]) -> nn.Module:
         return FeatureListNet(encoder, out_indices=tuple(indices), flatten_sequential=True)
 
 
+class _BranchFeatures(nn.Module):
+    """The multi-scale maps of an encoder's dense branches, concatenated along channels level by level.
+
+    Branch ``b`` runs ``bodies[b]`` on ``transforms[b](images)``; a transform is a plain callable
+    (e.g. a colour conversion bound to the encoder), not a module the detector trains.
+    """
+
+    def __init__(self, transforms: Sequence[Callable[[Tensor], Tensor]], bodies: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.transforms = list(transforms)
+        self.bodies = nn.ModuleList(bodies)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        maps = [body(transform(x)) for transform, body in zip(self.transforms, self.bodies)]
+        return [torch.cat(level, dim=1) for level in zip(*maps)]
+
+
+def _reject_vit(encoder: nn.Module) -> None:
+    name = type(encoder).__name__
+    if "VisionTransformer" in name or hasattr(encoder, "patch_embed"):
+        raise ConfigError(f"The encoder is a vision transformer ({name}); the detection protocol builds an FPN on "
+                          "convolutional feature maps and has no ViT adapter (ViTDet's simple pyramid).",
+                          "Evaluate a CNN encoder (small-cnn, resnet*-small, resnet50) on detection.")
+
+
+def _multiscale_body(encoder: nn.Module, probe: Tensor) -> tuple[nn.Module, list[torch.Size], list[str]]:
+    """The body of a CNN (an ``nn.Sequential`` of blocks or a timm model with ``feature_info``):
+    images -> its chosen maps, with their shapes on ``probe`` and their module names.
+
+    Raises:
+        ConfigError: a ViT, or neither structure.
+    """
+    name = type(encoder).__name__
+    _reject_vit(encoder)
+    if isinstance(encoder, nn.Sequential):
+        blocks = list(encoder.children())
+        names = [str(i) for i in range(len(blocks))]
+        shapes = []
+        with torch.no_grad():
+            x = probe
+            for block in blocks:  # the spatial blocks: up to a global pool or a non-map output
+                if isinstance(block, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)):
+                    break
+                x = block(x)
+                if x.ndim != 4:
+                    break
+                shapes.append(x.shape)
+        keep = _choose_levels(shapes, names, "nn.Sequential")
+        body: nn.Module = _SequentialFeatures(blocks, keep)
+    elif hasattr(encoder, "feature_info"):
+        info: Any = encoder.feature_info
+        names = [str(d["module"]) for d in (info.get_dicts() if hasattr(info, "get_dicts") else info)]
+        try:
+            full = _feature_list_net(encoder, range(len(names)))
+            with torch.no_grad():
+                shapes = [f.shape for f in full(probe)]
+        except (AssertionError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"Cannot extract feature maps from the timm encoder {name} "
+                              f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}).",
+                              "Use small-cnn, resnet*-small or a timm CNN that supports features_only.") from None
+        keep = _choose_levels(shapes, names, name)
+        body = _feature_list_net(encoder, keep)
+    else:
+        raise ConfigError(f"Cannot find multi-scale feature maps in an encoder of type {name} (neither an "
+                          "nn.Sequential of blocks nor a timm model with feature_info).",
+                          "Use small-cnn, resnet*-small or a timm CNN such as resnet50.")
+    return body, [shapes[i] for i in keep], [names[i] for i in keep]
+
+
+def _branch_body(encoder: nn.Module, branches: Sequence[tuple[Callable[[Tensor], Tensor], nn.Module]],
+                 probe: Tensor) -> tuple[nn.Module, list[torch.Size], list[str]]:
+    """:func:`_multiscale_body` of each dense branch (probed on its transformed probe), joined by
+    :class:`_BranchFeatures`: level ``l`` has the branches' channels summed, and is named
+    ``"<branch>:<module>"`` joined by ``"+"`` (just ``"<module>"`` for one branch).
+
+    Raises:
+        ConfigError: branches whose levels differ in size (stride).
+    """
+    built = []
+    for transform, cnn in branches:
+        with torch.no_grad():
+            branch_probe = transform(probe)
+        built.append(_multiscale_body(cnn, branch_probe))
+    sizes = [[tuple(s[-2:]) for s in shapes] for _, shapes, _ in built]
+    if any(size != sizes[0] for size in sizes):
+        raise ConfigError(f"The dense branches of {type(encoder).__name__} give feature maps of different sizes "
+                          f"({sizes} on a {PROBE_SIZE} px probe), which cannot be concatenated level by level.",
+                          "Give every branch the same backbone.")
+    body = _BranchFeatures([t for t, _ in branches], [b for b, _, _ in built])
+    first = built[0][1]
+    shapes = [torch.Size((s[0], sum(int(b_shapes[level][1]) for _, b_shapes, _ in built), *s[2:]))
+              for level, s in enumerate(first)]
+    names = [built[0][2][level] if len(built) == 1 else
+             "+".join(f"{b}:{b_names[level]}" for b, (_, _, b_names) in enumerate(built))
+             for level in range(len(first))]
+    return body, shapes, names
+
+
 def build_fpn_backbone(encoder: nn.Module, channels: int, fpn_channels: int) -> FeaturePyramidBackbone:
     """Turns an encoder into a multi-scale FPN backbone (the encoder's modules are reused, not copied).
 
@@ -215,68 +315,53 @@ def build_fpn_backbone(encoder: nn.Module, channels: int, fpn_channels: int) -> 
     ``feature_info`` modules of a timm model; their strides are measured on a
     ``PROBE_SIZE`` px probe (timm's recorded reductions are wrong for the small-image stems).
 
+    Encoder wrappers (a patch grid, one backbone per colour group) are looked at first, through
+    a duck-typed hook: ``encoder.dense_branches() -> [(transform, cnn), ...]`` (a transform maps
+    the detector's normalised images to the CNN's input) and ``encoder.input_channels() -> int``
+    (the image channels the wrapper takes). Each branch's body is built from its CNN as above and
+    runs on ``transform(images)``; several branches are concatenated level by level.
+
     Args:
         encoder: the encoder (images (B, C, H, W) -> features (B, D)).
         channels: image channels of the detection data.
         fpn_channels: FPN width.
 
     Raises:
-        ConfigError: a ViT or an encoder of unknown structure, or a channel mismatch.
+        ConfigError: a ViT or an encoder of unknown structure, a channel mismatch, or dense branches
+            of different strides.
     """
-    name = type(encoder).__name__
-    if "VisionTransformer" in name or hasattr(encoder, "patch_embed"):
-        raise ConfigError(f"The encoder is a vision transformer ({name}); the detection protocol builds an FPN on "
-                          "convolutional feature maps and has no ViT adapter (ViTDet's simple pyramid).",
-                          "Evaluate a CNN encoder (small-cnn, resnet*-small, resnet50) on detection.")
-    expected = _first_conv_channels(encoder)
+    branches: list[tuple[Callable[[Tensor], Tensor], nn.Module]] | None = None
+    if hasattr(encoder, "dense_branches"):
+        wrapper: Any = encoder  # duck-typed: nn.Module's __getattr__ is typed as returning tensors / modules
+        branches = list(wrapper.dense_branches())
+        if not branches:
+            raise ConfigError(f"The encoder {type(encoder).__name__} declares no dense branches.",
+                              "This is a bug in the encoder wrapper's dense_branches().")
+        expected = (int(wrapper.input_channels()) if hasattr(wrapper, "input_channels")
+                    else _first_conv_channels(branches[0][1]))
+    else:
+        _reject_vit(encoder)
+        expected = _first_conv_channels(encoder)
     if expected is not None and expected != channels:
         raise ConfigError(f"The encoder takes {expected}-channel images but the detection data has {channels}.",
-                          "Use a detection set with the pretraining data's channels (the embedded set is "
-                          "greyscale, VOC/COCO are RGB), or an encoder pretrained on such data.")
+                          "Use a detection set with the pretraining data's channels (the embedded set "
+                          "'embedded-detection' is greyscale, 'embedded-detection-color' is RGB, VOC/COCO are RGB; "
+                          "sslbench eval --detection-dataset NAME), or an encoder pretrained on such data.")
     probe = torch.zeros(2, channels, PROBE_SIZE, PROBE_SIZE, device=next(encoder.parameters()).device)
     was_training = encoder.training
     encoder.eval()
     try:
-        if isinstance(encoder, nn.Sequential):
-            blocks = list(encoder.children())
-            names = [str(i) for i in range(len(blocks))]
-            shapes = []
-            with torch.no_grad():
-                x = probe
-                for block in blocks:  # the spatial blocks: up to a global pool or a non-map output
-                    if isinstance(block, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)):
-                        break
-                    x = block(x)
-                    if x.ndim != 4:
-                        break
-                    shapes.append(x.shape)
-            keep = _choose_levels(shapes, names, "nn.Sequential")
-            body: nn.Module = _SequentialFeatures(blocks, keep)
-        elif hasattr(encoder, "feature_info"):
-            info: Any = encoder.feature_info
-            names = [str(d["module"]) for d in (info.get_dicts() if hasattr(info, "get_dicts") else info)]
-            try:
-                full = _feature_list_net(encoder, range(len(names)))
-                with torch.no_grad():
-                    shapes = [f.shape for f in full(probe)]
-            except (AssertionError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise ConfigError(f"Cannot extract feature maps from the timm encoder {name} "
-                                  f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}).",
-                                  "Use small-cnn, resnet*-small or a timm CNN that supports features_only.") from None
-            keep = _choose_levels(shapes, names, name)
-            body = _feature_list_net(encoder, keep)
+        if branches is None:
+            body, shapes, names = _multiscale_body(encoder, probe)
         else:
-            raise ConfigError(f"Cannot find multi-scale feature maps in an encoder of type {name} (neither an "
-                              "nn.Sequential of blocks nor a timm model with feature_info).",
-                              "Use small-cnn, resnet*-small or a timm CNN such as resnet50.")
+            body, shapes, names = _branch_body(encoder, branches, probe)
     except RuntimeError as exc:
         raise ConfigError(f"The encoder cannot process {channels}x{PROBE_SIZE}x{PROBE_SIZE} probe images "
                           f"({str(exc).splitlines()[0][:160]}).", "Check the encoder and the data's channels.") from None
     finally:
         encoder.train(was_training)
-    strides = [max(1, round(PROBE_SIZE / shapes[i][-1])) for i in keep]
-    return FeaturePyramidBackbone(body, [int(shapes[i][1]) for i in keep], strides, fpn_channels,
-                                  [names[i] for i in keep])
+    strides = [max(1, round(PROBE_SIZE / s[-1])) for s in shapes]
+    return FeaturePyramidBackbone(body, [int(s[1]) for s in shapes], strides, fpn_channels, names)
 
 
 def apply_norm(module: nn.Module, norm: str, device: torch.device | str) -> tuple[nn.Module, str]:

@@ -9,14 +9,18 @@ of COCO-format data) are decoded on access.
 
 Sources (:func:`load_detection_dataset`):
 
-======================  ========================================================================
-``embedded-detection``  generated offline from the embedded Fashion-MNIST images
-                        (:func:`make_embedded_detection`); train canvases use train images only
-``voc07``               Pascal VOC 2007 trainval -> 2007 test (torchvision ``VOCDetection``)
-``voc0712``             VOC 2007 + 2012 trainval -> 2007 test
-``coco2017``            COCO 2017 train -> val (torchvision ``CocoDetection``, masks via pycocotools)
-``coco-folder``         any COCO-format folder (:func:`load_coco_folder`)
-======================  ========================================================================
+==============================  ================================================================
+``embedded-detection``          generated offline from the embedded Fashion-MNIST images
+                                (:func:`make_embedded_detection`); train canvases use train images
+                                only
+``embedded-detection-color``    the same canvases, objects and boxes in colour (``color=True``),
+                                for encoders pretrained on RGB data (CMC, colorization)
+``voc07``                       Pascal VOC 2007 trainval -> 2007 test (torchvision ``VOCDetection``)
+``voc0712``                     VOC 2007 + 2012 trainval -> 2007 test
+``coco2017``                    COCO 2017 train -> val (torchvision ``CocoDetection``, masks via
+                                pycocotools)
+``coco-folder``                 any COCO-format folder (:func:`load_coco_folder`)
+==============================  ================================================================
 
 Nothing is downloaded: a missing dataset is a :class:`~sslbench.benchmark.errors.DatasetError`
 that names the folders looked in and how to get the data. Every annotation of a COCO-format file is
@@ -63,7 +67,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor")
-DETECTION_DATASETS = ("embedded-detection", "voc07", "voc0712", "coco2017", "coco-folder")
+DETECTION_DATASETS = ("embedded-detection", "embedded-detection-color", "voc07", "voc0712", "coco2017",
+                      "coco-folder")
 
 #: Default sizes of the embedded detection set's splits (canvases).
 EMBEDDED_NUM_IMAGES = {"train": 2000, "test": 500}
@@ -288,6 +293,7 @@ def make_embedded_detection(
     seed: int = 0,
     object_sizes: tuple[int, int] = (16, 64),
     max_objects: int = 4,
+    color: bool = False,
 ) -> DetectionDataset:
     """Generates the embedded detection set: Fashion-MNIST objects pasted on textured canvases.
 
@@ -300,6 +306,9 @@ def make_embedded_detection(
     Fashion-MNIST class (10 categories, labels ``1..10``). Everything is drawn from one generator
     seeded by ``(seed, split)``: the same arguments give the same bytes.
 
+    With ``color=True`` the same canvases (same layout, objects, boxes and masks) are coloured by
+    :func:`_colorize_canvases` from a second generator, so the greyscale set is unchanged.
+
     Args:
         split: ``"train"`` or ``"test"``.
         num_images: canvases (default :data:`EMBEDDED_NUM_IMAGES` of the split).
@@ -307,9 +316,11 @@ def make_embedded_detection(
         seed: the generator seed.
         object_sizes: smallest and largest pasted side in pixels.
         max_objects: most objects per canvas.
+        color: colour the canvases (3 channels).
 
     Returns:
-        A 1-channel :class:`DetectionDataset` named ``embedded-detection`` with masks.
+        A :class:`DetectionDataset` with masks: 1-channel ``embedded-detection``, or 3-channel
+        ``embedded-detection-color`` with ``color=True``.
     """
     from sslbench.benchmark.datasets import ArrayDataset, load_dataset
 
@@ -372,8 +383,49 @@ def make_embedded_detection(
         ids = torch.arange(1, n + 1, dtype=torch.uint8).view(n, 1, 1)
         return (instances[index][None] == ids).to(torch.uint8)
 
+    if color:
+        images = _colorize_canvases(images, instances, records, torch.Generator().manual_seed(
+            _split_seed(seed, split) + 1))
+        return DetectionDataset("embedded-detection-color", FASHION_MNIST_CLASSES, 3, records,
+                                lambda index: images[index].clone(), load_masks)
     return DetectionDataset("embedded-detection", FASHION_MNIST_CLASSES, 1, records,
                             lambda index: images[index].clone(), load_masks)
+
+
+def _colorize_canvases(images: Tensor, instances: Tensor, records: Sequence[ImageRecord],
+                       gen: torch.Generator) -> Tensor:
+    """Colours greyscale canvases, as :func:`sslbench.benchmark.datasets.colorize_fashion_mnist`
+    colours the pretraining images: the grey level is kept as brightness and multiplied by a
+    colour: each object's own (hue tied to its class, ``(label - 1) / 10 + N(0, 0.04)`` turns,
+    with probability 1/2, else uniform; saturation U(0.5, 0.9)), the background's a linear
+    gradient between two random dull tints (any hue, saturation U(0.2, 0.5)) along a random
+    direction. All draws come from ``gen``, image by image.
+
+    Shape:
+        images: (N, 1, S, S) uint8; instances: (N, S, S) uint8 (0 background, j + 1 object j);
+        returns (N, 3, S, S) uint8.
+    """
+    from sslbench.benchmark.datasets import hsv_to_rgb
+
+    n, _, size, _ = images.shape
+    coords = torch.linspace(-0.5, 0.5, size)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    out = torch.empty(n, 3, size, size, dtype=torch.uint8)
+    for i, rec in enumerate(records):
+        ends = hsv_to_rgb(torch.rand(2, generator=gen), 0.2 + 0.3 * torch.rand(2, generator=gen), torch.ones(2))
+        angle = 2 * math.pi * float(torch.rand((), generator=gen))
+        t = (xx * math.cos(angle) + yy * math.sin(angle) + 0.5).clamp(0, 1)
+        tint = ends[0][:, None, None] * (1 - t) + ends[1][:, None, None] * t  # (3, S, S)
+        k = rec.num_objects
+        tied = torch.rand(k, generator=gen) < 0.5
+        hue = torch.where(tied, (rec.labels.float() - 1) / 10 + 0.04 * torch.randn(k, generator=gen),
+                          torch.rand(k, generator=gen))
+        colours = hsv_to_rgb(hue % 1.0, 0.5 + 0.4 * torch.rand(k, generator=gen), torch.ones(k))  # (k, 3)
+        for j in range(k):
+            inside = instances[i] == j + 1
+            tint[:, inside] = colours[j][:, None]
+        out[i] = (images[i].float() * tint).round().clamp(0, 255).to(torch.uint8)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -767,8 +819,8 @@ def load_detection_dataset(name: str, split: str, data_dir: str | Path | None = 
         raise unknown_name("detection dataset", name, DETECTION_DATASETS)
     if split not in ("train", "test"):
         raise DatasetError(f"Detection dataset '{name}' has no split '{split}'.", "Use 'train' or 'test'.")
-    if name == "embedded-detection":
-        return make_embedded_detection(split)
+    if name in ("embedded-detection", "embedded-detection-color"):
+        return make_embedded_detection(split, color=name == "embedded-detection-color")
     if name in ("voc07", "voc0712"):
         return load_voc(split, years=("2007",) if name == "voc07" else ("2007", "2012"), data_dir=data_dir)
     if name == "coco2017":

@@ -335,7 +335,7 @@ class DetectionSpec:
 
     Args:
         name, version: registry name; protocol version.
-        dataset: default detection dataset (``embedded-detection``, ``voc07``, ``voc0712``,
+        dataset: default detection dataset (``embedded-detection``, ``embedded-detection-color``, ``voc07``, ``voc0712``,
             ``coco2017``, or ``coco-folder`` with a data directory); the caller may override it.
         model: ``"fasterrcnn-fpn"`` or ``"maskrcnn-fpn"`` (needs masks in the dataset).
         head_size: sizes of the new layers (FPN and head widths, sampled RoIs, proposals, anchors),
