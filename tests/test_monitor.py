@@ -149,11 +149,11 @@ class ConstantBackbone(nn.Module):
 def test_a_collapsed_encoder_trips_the_alarm_once(tmp_path, monkeypatch, capsys):
     import sslbench.benchmark.engine as engine
 
-    def constant_backbone(name, in_chans, image_size):
-        inner, dim = build_backbone(name, in_chans, image_size)
+    def constant_encoder(name, input_spec, spec=None):
+        inner, dim = build_backbone(name, input_spec.channels, input_spec.image_size)
         return ConstantBackbone(inner), dim
 
-    monkeypatch.setattr(engine, "build_backbone", constant_backbone)
+    monkeypatch.setattr(engine, "build_encoder", constant_encoder)
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     cfg = resolve("simclr-quick", [*TINY, "train.epochs=1", "monitor.probe_every_steps=4"])
     with pytest.warns(CollapseWarning) as record:
