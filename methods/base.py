@@ -115,6 +115,27 @@ class StepOutput:
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+class TensorEpochData:
+    """An :class:`EpochData` over images already in memory (normalised float tensors), for calling
+    :meth:`Method.on_epoch_start` outside the engine (tests, notebooks).
+
+    Shape:
+        images: (N, C, H, W).
+    """
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.images.shape[0])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, self.num_samples, batch_size):
+            end = min(start + batch_size, self.num_samples)
+            yield self.images[start:end], torch.arange(start, end)
+
+
 @dataclass(frozen=True)
 class StepContext:
     """What the engine knows about a training step besides its images.

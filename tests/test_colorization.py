@@ -11,7 +11,7 @@ import torch
 from sslbench.benchmark.color import lab_to_rgb, rgb_to_lab
 from sslbench.benchmark.recipes import resolve
 from sslbench.methods import StepContext
-from sslbench.methods.base import InputSpec
+from sslbench.methods.base import InputSpec, TensorEpochData
 from sslbench.methods.colorization import (
     ab_gamut_bins,
     annealed_mean,
@@ -164,18 +164,6 @@ def _method(image_size=16, **over):
     return build_method(cfg, 3, image_size, input_spec=spec), spec
 
 
-class _Split:
-    def __init__(self, images):
-        self.images = images
-
-    @property
-    def num_samples(self):
-        return len(self.images)
-
-    def batches(self, batch_size):
-        for s in range(0, len(self.images), batch_size):
-            yield self.images[s:s + batch_size], torch.arange(s, min(len(self.images), s + batch_size))
-
 
 def test_method_prior_comes_once_from_the_training_split_and_the_encoder_sees_lightness_only():
     method, spec = _method()
@@ -187,13 +175,13 @@ def test_method_prior_comes_once_from_the_training_split_and_the_encoder_sees_li
     # A training split of pure red images: the prior peaks at red's bin, the weights average to 1.
     red = torch.zeros(3, 3, 16, 16)
     red[:, 0] = 1.0
-    logs = method.on_epoch_start(ctx, _Split((red - 0.5) / 0.25))
+    logs = method.on_epoch_start(ctx, TensorEpochData((red - 0.5) / 0.25))
     red_ab = rgb_to_lab(red[:1, :, :1, :1])[0, 1:, 0, 0][None]
     assert method.prior.argmax() == quantize_ab(red_ab, CENTRES)[0]
     assert (method.prior * method.class_weights).sum().item() == pytest.approx(1.0, rel=1e-5)
     assert logs["color_weight_max"] == pytest.approx(method.class_weights.max().item())
     before = method.prior.clone()
-    assert method.on_epoch_start(StepContext(step=1, total_steps=2, steps_per_epoch=1), _Split(views[0])) == {}
+    assert method.on_epoch_start(StepContext(step=1, total_steps=2, steps_per_epoch=1), TensorEpochData(views[0])) == {}
     assert torch.equal(method.prior, before)  # computed once per run (a resume restores the buffer)
     out = method(views, ctx)
     assert torch.isfinite(out.loss)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from sslbench.benchmark.backbones import build_backbone
 from sslbench.methods import StepContext, get_method
+from sslbench.methods.base import TensorEpochData
 from sslbench.methods.deepclusterv2 import (
     DeepClusterV2Config,
     _no_single_tail,
@@ -146,20 +147,6 @@ def test_loss_gradient_closed_form():
 N, A = 24, 2  # training images, banked global crops
 
 
-class FakeEpochData:
-    """The training split un-augmented, in index order (the engine's EpochData)."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    @property
-    def num_samples(self) -> int:
-        return self.images.shape[0]
-
-    def batches(self, batch_size: int):
-        for s in range(0, self.num_samples, batch_size):
-            yield self.images[s:s + batch_size], torch.arange(s, min(s + batch_size, self.num_samples))
-
 
 def _method(**overrides):
     args = dict(proj_hidden_dim=16, proj_dim=8, num_prototypes=(4, 5, 3), memory_batch_size=10, **overrides)
@@ -168,7 +155,7 @@ def _method(**overrides):
     return get_method("deepclusterv2").build(backbone, dim, args, num_samples=N)
 
 
-DATA = FakeEpochData(torch.randn(N, 1, 16, 16, generator=torch.Generator().manual_seed(1)))
+DATA = TensorEpochData(torch.randn(N, 1, 16, 16, generator=torch.Generator().manual_seed(1)))
 
 
 def _views(step: int, local: int = 0) -> list[torch.Tensor]:
@@ -261,7 +248,7 @@ def test_loss_is_the_cross_entropy_of_every_crop_to_its_images_clusters():
 
 def test_the_fill_pass_merges_a_last_batch_of_one_image():
     """Batch norm in training mode cannot normalise a batch of one."""
-    sizes = [x.shape[0] for x, _ in _no_single_tail(FakeEpochData(torch.zeros(21, 1, 2, 2)).batches(10))]
+    sizes = [x.shape[0] for x, _ in _no_single_tail(TensorEpochData(torch.zeros(21, 1, 2, 2)).batches(10))]
     assert sizes == [10, 11]
     assert [x.shape[0] for x, _ in _no_single_tail(DATA.batches(10))] == [10, 10, 4]
 

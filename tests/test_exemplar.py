@@ -12,7 +12,7 @@ import torch
 from sslbench.benchmark.engine import build_method
 from sslbench.benchmark.recipes import resolve
 from sslbench.methods import StepContext
-from sslbench.methods.base import InputSpec
+from sslbench.methods.base import InputSpec, TensorEpochData
 from sslbench.methods.exemplar import (
     ExemplarConfig,
     TransformParams,
@@ -126,18 +126,6 @@ def _method():
     return build_method(cfg, 3, 16, num_samples=20, input_spec=spec)
 
 
-class _Split:
-    def __init__(self, images):
-        self.images = images
-
-    @property
-    def num_samples(self):
-        return len(self.images)
-
-    def batches(self, batch_size):
-        for s in range(0, len(self.images), batch_size):
-            yield self.images[s:s + batch_size], torch.arange(s, min(len(self.images), s + batch_size))
-
 
 def test_patches_are_deterministic_given_the_generator_and_labelled_by_index():
     method = _method()
@@ -146,7 +134,7 @@ def test_patches_are_deterministic_given_the_generator_and_labelled_by_index():
     ctx = StepContext(step=3, total_steps=10, steps_per_epoch=2, indices=torch.tensor([4, 9, 2]), seed=0)
     with pytest.raises(RuntimeError, match="on_epoch_start"):
         method.make_patches([split[[4, 9, 2]]], ctx)
-    method.on_epoch_start(StepContext(), _Split(split))
+    method.on_epoch_start(StepContext(), TensorEpochData(split))
     pixels = (split * 0.25 + 0.5).transpose(0, 1).reshape(3, -1).double()
     torch.testing.assert_close(method.pixel_mean.double(), pixels.mean(dim=1), rtol=0, atol=1e-6)
     top = torch.linalg.eigh(torch.cov(pixels)).eigenvectors[:, -1]  # the largest component first

@@ -13,7 +13,7 @@ from sslbench.benchmark.optim import LARS, build_optimizer
 from sslbench.benchmark.recipes import get_recipe, resolve
 from sslbench.benchmark.schedules import cosine_momentum
 from sslbench.methods import get_method, list_methods, register_method
-from sslbench.methods.base import Method, StepContext, forward_views
+from sslbench.methods.base import Method, StepContext, TensorEpochData, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.momentum import FeatureQueue, ema_update
 
@@ -47,24 +47,14 @@ def _smoke_setup(name):
     augment = BatchAugment(get_augment_recipe(cfg.augment), (0.5,) * c, (0.25,) * c, 28)
     optimizer = build_optimizer(method.param_groups(), cfg.optim, 1e-3)
     with torch.no_grad():
-        method.on_epoch_start(StepContext(step=0, total_steps=4, steps_per_epoch=1, seed=0), _SplitData(c))
+        method.on_epoch_start(StepContext(step=0, total_steps=4, steps_per_epoch=1, seed=0), _split_data(c))
     return method, augment, optimizer
 
 
-class _SplitData:
+def _split_data(channels):
     """A random 64-image training split for ``on_epoch_start`` (normalised as the smoke views)."""
-
-    def __init__(self, channels):
-        g = torch.Generator().manual_seed(7)
-        self.images = (torch.randint(0, 256, (64, channels, 28, 28), generator=g).float() / 255 - 0.5) / 0.25
-
-    @property
-    def num_samples(self):
-        return 64
-
-    def batches(self, batch_size):
-        for start in range(0, 64, batch_size):
-            yield self.images[start:start + batch_size], torch.arange(start, min(64, start + batch_size))
+    g = torch.Generator().manual_seed(7)
+    return TensorEpochData((torch.randint(0, 256, (64, channels, 28, 28), generator=g).float() / 255 - 0.5) / 0.25)
 
 
 def _smoke_step(method, augment, optimizer, step):
