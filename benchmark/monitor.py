@@ -291,8 +291,10 @@ class Monitor:
         subset = self.labelled if knn else self.holdout
         preprocess = self._preprocess
         with self._frozen():
+            # no autocast or memory format of its own: the training's forward_context governs
             features, labels = extract_features(self.encoder, self.train, batch_size=self.batch_size,
-                                                device=self.device, preprocess=preprocess, subset=subset)
+                                                device=self.device, preprocess=preprocess, subset=subset,
+                                                precision="fp32", channels_last=False)
         features = features.float()
         held = self.holdout[subset]
         metrics: dict[str, float] = {}

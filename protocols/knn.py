@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["knn_classify", "knn_predict", "topk_correct"]
+__all__ = ["KNN_BLOCK_ELEMENTS", "knn_chunk_size", "knn_classify", "knn_predict", "topk_correct"]
+
+#: Test rows per similarity block on the CPU (every CPU number so far was measured with it).
+CPU_CHUNK_SIZE = 1024
+#: On CUDA the block of ``chunk × N`` similarities is sized to at most this many elements
+#: (2^28 float32 = 1 GiB; top-k and the vote add a few ``chunk × k`` tensors).
+KNN_BLOCK_ELEMENTS = 2**28
 
 
 def knn_predict(
@@ -80,11 +86,28 @@ def topk_correct(scores: Tensor, labels: Tensor, ks: tuple[int, ...]) -> dict[in
         - scores: (B, C)
         - labels: (B,)
     """
+    counts = _topk_correct_counts(scores, labels, ks).tolist()
+    return {k: int(c) for k, c in zip(ks, counts)}
+
+
+def _topk_correct_counts(scores: Tensor, labels: Tensor, ks: tuple[int, ...]) -> Tensor:
+    """:func:`topk_correct` as an int64 tensor (len(ks),) on the scores' device (no host sync)."""
     true = scores.gather(1, labels[:, None])  # (B, 1)
     cls = torch.arange(scores.shape[1], device=scores.device)
     ahead = (scores > true) | ((scores == true) & (cls[None, :] < labels[:, None]))
     rank = ahead.sum(dim=1)  # 0 = predicted first
-    return {k: int((rank < k).sum()) for k in ks}
+    return torch.stack([(rank < k).sum() for k in ks])
+
+
+def knn_chunk_size(num_bank: int, device: torch.device | str) -> int:
+    """Test rows per similarity block of :func:`knn_classify` when the caller gives none.
+
+    :data:`CPU_CHUNK_SIZE` on the CPU; on CUDA as many rows as keep the ``chunk × num_bank`` block
+    within :data:`KNN_BLOCK_ELEMENTS` (at least 1).
+    """
+    if torch.device(device).type != "cuda":
+        return CPU_CHUNK_SIZE
+    return max(1, KNN_BLOCK_ELEMENTS // max(1, num_bank))
 
 
 def knn_classify(
@@ -96,12 +119,14 @@ def knn_classify(
     num_classes: int,
     k: int,
     temperature: float,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) of the weighted kNN classifier of :func:`knn_predict`.
 
-    Test rows are processed ``chunk_size`` at a time, bounding the similarity matrix to
-    ``chunk_size × N`` entries; the result does not depend on ``chunk_size``.
+    Everything runs on the bank's device (pass ``train_features`` on CUDA to run there); test rows
+    are processed ``chunk_size`` at a time, bounding the similarity matrix to ``chunk_size × N``
+    entries, and the correct counts stay on the device until the end. The result does not depend
+    on ``chunk_size``.
 
     Args:
         train_features: bank features (need not be normalised).
@@ -111,7 +136,8 @@ def knn_classify(
         num_classes: number of classes C.
         k: number of neighbours, clamped to the train-set size.
         temperature: T of the vote weights.
-        chunk_size: test rows per similarity block.
+        chunk_size: test rows per similarity block; default :func:`knn_chunk_size` (1024 on the
+            CPU, sized from :data:`KNN_BLOCK_ELEMENTS` on CUDA).
 
     Returns:
         ``{"top1": %, "top5": %}``; ``"top5"`` only when ``num_classes >= 5``.
@@ -122,6 +148,8 @@ def knn_classify(
         - test_features: (M, D)
         - test_labels: (M,)
     """
+    if chunk_size is None:
+        chunk_size = knn_chunk_size(train_features.shape[0], train_features.device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1.")
     if test_labels.shape != (test_features.shape[0],):
@@ -134,12 +162,11 @@ def knn_classify(
     ks = (1, 5) if num_classes >= 5 else (1,)
     bank = F.normalize(train_features, dim=1)  # normalised once, not once per chunk
     train_labels = train_labels.to(bank.device)
-    correct = dict.fromkeys(ks, 0)
+    correct = torch.zeros(len(ks), dtype=torch.int64, device=bank.device)
     for start in range(0, test_features.shape[0], chunk_size):
         queries = test_features[start : start + chunk_size].to(bank.device)
         scores = knn_predict(queries, bank, train_labels, num_classes, k, temperature)
         labels = test_labels[start : start + chunk_size].to(bank.device)
-        for kk, count in topk_correct(scores, labels, ks).items():
-            correct[kk] += count
+        correct += _topk_correct_counts(scores, labels, ks)
     total = test_features.shape[0]
-    return {f"top{kk}": 100.0 * correct[kk] / total for kk in ks}
+    return {f"top{kk}": 100.0 * int(c) / total for kk, c in zip(ks, correct.tolist())}

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sslbench.benchmark.errors import ConfigError
-from sslbench.protocols.features import extract_features, frozen_eval
+from sslbench.protocols.features import autocast_context, extract_features, frozen_eval, resolve_precision
 from sslbench.protocols.knn import topk_correct
 from sslbench.protocols.spec import LinearSpec
 
@@ -391,13 +391,15 @@ def assert_frozen(before: dict[str, Tensor], module: nn.Module) -> None:
 def _fit_augmented(encoder: nn.Module, train: Any, in_fit: Tensor, num_classes: int,
                    configs: list[tuple[float, float]], spec: LinearSpec, device: torch.device | str,
                    augment: Callable[[Tensor, torch.Generator], list[Tensor]],
-                   bar: Any) -> tuple[LinearGrid, nn.Module]:
+                   bar: Any, precision: str = "fp32") -> tuple[LinearGrid, nn.Module]:
     """Trains one head per config on augmented crops of the rows where ``in_fit`` (mode "augmented").
 
     Every head sees the same crops: the encoder runs once per batch for the whole grid. The
     features pass a shared non-affine BatchNorm (batch statistics in training, running statistics
     at evaluation, as MAE's linear probe); it has no trainable parameters, so sharing it is exact.
-    Batches with fewer than two selected rows are skipped (BatchNorm needs two).
+    Batches with fewer than two selected rows are skipped (BatchNorm needs two). The encoder runs
+    under ``precision``'s autocast (:func:`~sslbench.protocols.features.autocast_context`), the
+    heads in fp32.
     """
     steps_per_epoch = math.ceil(len(train) / spec.batch_size)  # upper bound: selected batches may be smaller
     total = spec.epochs * steps_per_epoch
@@ -416,7 +418,8 @@ def _fit_augmented(encoder: nn.Module, train: Any, in_fit: Tensor, num_classes: 
             images = batch.images[keep.to(batch.images.device)].to(device)
             labels = torch.as_tensor(batch.labels).long().cpu()[keep].to(device)
             with torch.no_grad():
-                feats = encoder(augment(images, augment_gen)[0]).float()
+                with autocast_context(precision, device):
+                    feats = encoder(augment(images, augment_gen)[0]).float()
                 if grid is None:
                     grid = LinearGrid(feats.shape[1], num_classes, [c[0] for c in configs], [c[1] for c in configs],
                                       optimizer="sgd", seed=spec.seed, device=device)
@@ -439,6 +442,7 @@ def linear_probe_augmented(
     num_classes: int | None = None,
     preprocess: Callable[[Tensor], Tensor] | None = None,
     augment: Callable[[Tensor, torch.Generator], list[Tensor]] | None = None,
+    precision: str = "auto",
 ) -> LinearResult:
     """Linear probe on a frozen encoder with linear-eval augmentation (mode ``"augmented"``).
 
@@ -459,6 +463,8 @@ def linear_probe_augmented(
             ``to_float_normalized`` with ``train.info``'s mean, std and image size.
         augment: ``(uint8 images, generator) -> [one view]``; default the ``"linear-eval"``
             recipe of :mod:`sslbench.benchmark.augment`.
+        precision: the encoder's autocast on train crops and val/test images alike, ``"auto"``
+            (bf16 on CUDA, fp32 on the CPU), ``"fp32"`` or ``"bf16"``.
 
     Raises:
         RuntimeError: the encoder changed during the probe.
@@ -482,13 +488,16 @@ def linear_probe_augmented(
     before = snapshot_state(encoder)
     batches_per_run = spec.epochs * math.ceil(len(train) / spec.batch_size)
     extract_bs = max(spec.batch_size, 256)
+    precision = resolve_precision(precision, device)  # fails early on a bad value
 
     with frozen_eval(encoder), tqdm(total=2 * batches_per_run, desc=f"{spec.name} ({len(configs)} grid points)",
                                     disable=not progress, leave=False) as bar:
         # Grid search: only the train set is touched.
         val_x, val_y = extract_features(encoder, train, batch_size=extract_bs, device=device,
-                                        preprocess=preprocess, subset=~in_fit)
-        grid, norm = _fit_augmented(encoder, train, in_fit, num_classes, configs, spec, device, augment, bar)
+                                        preprocess=preprocess, subset=~in_fit, precision=precision,
+                                        output_device=None)
+        grid, norm = _fit_augmented(encoder, train, in_fit, num_classes, configs, spec, device, augment, bar,
+                                    precision)
         with torch.no_grad():
             val_counts = grid.correct(norm(val_x.to(device)), val_y.to(device))
         val_correct = {c: counts[1] for c, counts in zip(configs, val_counts)}
@@ -496,8 +505,9 @@ def linear_probe_augmented(
 
         # Final head on the full train set; the test set is looked at only now.
         final, final_norm = _fit_augmented(encoder, train, torch.ones(len(train), dtype=torch.bool), num_classes,
-                                           [(lr, wd)], spec, device, augment, bar)
-        test_x, test_y = extract_features(encoder, test, batch_size=extract_bs, device=device, preprocess=preprocess)
+                                           [(lr, wd)], spec, device, augment, bar, precision)
+        test_x, test_y = extract_features(encoder, test, batch_size=extract_bs, device=device, preprocess=preprocess,
+                                          precision=precision, output_device=None)
         _check_labels(test_y, num_classes, "test")
         with torch.no_grad():
             test_x = final_norm(test_x.to(device))

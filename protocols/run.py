@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from sslbench.benchmark.errors import ConfigError
-from sslbench.protocols.features import extract_features
+from sslbench.protocols.features import extract_features, resolve_precision
 from sslbench.protocols.knn import knn_classify
 from sslbench.protocols.linear import (
     LinearResult,
@@ -53,7 +53,9 @@ class ProtocolResult:
             ``temperature``; linear ``lr``, ``weight_decay``, ``mode`` and the val top-1
             of every grid point, as a JSON string under ``grid``: the keys hold ``=`` and ``,``, which
             MLflow does not allow in parameter names); always ``num_train``, ``num_test``, and
-            ``feature_dim`` / ``feature_seconds`` when features were extracted.
+            ``feature_dim`` / ``feature_seconds`` when features were extracted, and
+            ``feature_precision`` (``"fp32"`` or ``"bf16"``: the autocast the encoder ran under)
+            for kNN and linear specs.
             Semi-supervised, detection and diagnostics specs report their own (see their runners).
         eval_dataset: the dataset evaluated on (the test split's; a detection spec's dataset).
         seconds: wall-clock time of this protocol's own step. Feature extraction shared by the
@@ -101,7 +103,8 @@ def evaluate(
     specs: Sequence[ProtocolSpec],
     *,
     device: torch.device | str = "cpu",
-    batch_size: int = 512,
+    batch_size: int | None = None,
+    precision: str = "auto",
     progress: bool = True,
     preprocess: Callable[[Tensor], Tensor] | None = None,
     augment: Callable[[Tensor, torch.Generator], list[Tensor]] | None = None,
@@ -129,7 +132,11 @@ def evaluate(
         test: the test split, scored once per spec (None when only detection specs run).
         specs: the protocols to run.
         device: where the encoder and protocols run.
-        batch_size: images per forward pass during feature extraction.
+        batch_size: images per forward pass during feature extraction (default 512 on the CPU,
+            more on CUDA: :func:`~sslbench.protocols.features.default_extract_batch_size`).
+        precision: the encoder's autocast for kNN and linear specs, ``"auto"`` (bf16 on CUDA,
+            fp32 on the CPU), ``"fp32"`` or ``"bf16"``; recorded as ``feature_precision``. The
+            other runners keep their own (fp32).
         progress: show tqdm bars (feature extraction batches, linear grids).
         preprocess: plain preprocessing of uint8 batches; default ``to_float_normalized`` with
             ``normalization`` (else ``train.info``'s mean, std and image size).
@@ -178,17 +185,22 @@ def evaluate(
     before = snapshot_state(encoder)
     common: dict[str, float | str] = ({"num_train": float(len(train)), "num_test": float(len(test))}
                                       if needs_splits else {})
+    feature_precision = resolve_precision(precision, device)
 
     features: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
     if any(isinstance(s, KNNSpec) or (isinstance(s, LinearSpec) and s.mode == "features") for s in specs):
         assert preprocess is not None
         start = time.perf_counter()
+        # kept on `device`: kNN and the linear probe run there
         train_x, train_y = extract_features(encoder, train, batch_size=batch_size, device=device,
-                                            preprocess=preprocess, progress="features: train" if progress else None)
+                                            preprocess=preprocess, progress="features: train" if progress else None,
+                                            precision=feature_precision, output_device=None)
         test_x, test_y = extract_features(encoder, test, batch_size=batch_size, device=device,
-                                          preprocess=preprocess, progress="features: test" if progress else None)
+                                          preprocess=preprocess, progress="features: test" if progress else None,
+                                          precision=feature_precision, output_device=None)
         features = (train_x, train_y, test_x, test_y)
         common["feature_dim"] = float(train_x.shape[1])
+        _synchronize(device)
         common["feature_seconds"] = time.perf_counter() - start
 
     results = []
@@ -202,7 +214,8 @@ def evaluate(
             train_x, train_y, test_x, test_y = features
             metrics = knn_classify(train_x.to(device), train_y, test_x, test_y, num_classes=num_classes,
                                    k=spec.k, temperature=spec.temperature)
-            params.update({"k": float(min(spec.k, train_x.shape[0])), "temperature": spec.temperature})
+            params.update({"k": float(min(spec.k, train_x.shape[0])), "temperature": spec.temperature,
+                           "feature_precision": feature_precision})
         elif isinstance(spec, LinearSpec):
             if spec.mode == "features":
                 assert features is not None
@@ -211,10 +224,12 @@ def evaluate(
                                                spec=spec, device=device, progress=progress)
             else:
                 result = linear_probe_augmented(encoder, train, test, spec=spec, device=device, progress=progress,
-                                                num_classes=num_classes, preprocess=preprocess, augment=augment)
+                                                num_classes=num_classes, preprocess=preprocess, augment=augment,
+                                                precision=feature_precision)
             metrics, linear_params = _linear_record(result)
             params.update(linear_params)
             params["mode"] = spec.mode
+            params["feature_precision"] = feature_precision
         else:
             out = _run_other(spec, encoder, train, test, device=device, progress=progress, preprocess=preprocess,
                              augment=augment, normalization=normalization, num_classes=num_classes,
@@ -225,10 +240,18 @@ def evaluate(
             params.update(out.params)
             if isinstance(spec, DetectionSpec):
                 where = str(out.params.get("dataset", detection_dataset or spec.dataset))
+        _synchronize(device)
         results.append(ProtocolResult(spec=spec, metrics=metrics, params=params, eval_dataset=where,
                                       seconds=time.perf_counter() - start, artifacts=artifacts))
     assert_frozen(before, encoder)
     return results
+
+
+def _synchronize(device: torch.device | str) -> None:
+    """Waits for the device's queued work, so that a wall-clock time covers it (CUDA is asynchronous)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _run_other(spec: SemiSupSpec | DetectionSpec | DiagnosticsSpec, encoder: nn.Module, train: Any, test: Any, *,

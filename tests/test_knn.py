@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from sslbench.protocols.knn import knn_classify, knn_predict, topk_correct
+from sslbench.protocols.knn import (
+    CPU_CHUNK_SIZE,
+    KNN_BLOCK_ELEMENTS,
+    knn_chunk_size,
+    knn_classify,
+    knn_predict,
+    topk_correct,
+)
 
 
 def naive_knn_scores(features, bank, labels, num_classes, k, temperature):
@@ -116,6 +123,23 @@ def test_chunking_gives_identical_results():
     for chunk in (1, 7, 50, 101):
         assert knn_classify(train, train_y, test, test_y, num_classes=10, k=20, temperature=0.07,
                             chunk_size=chunk) == full
+    # the default (1024 rows on the CPU) and the chunk CUDA would pick for this bank
+    cuda_chunk = knn_chunk_size(300, "cuda")
+    assert knn_classify(train, train_y, test, test_y, num_classes=10, k=20, temperature=0.07) == full
+    assert knn_classify(train, train_y, test, test_y, num_classes=10, k=20, temperature=0.07,
+                        chunk_size=cuda_chunk) == full
+
+
+def test_chunk_size_from_the_memory_budget():
+    assert knn_chunk_size(50_000, "cpu") == knn_chunk_size(10, torch.device("cpu")) == CPU_CHUNK_SIZE == 1024
+    for n in (1, 1000, 50_000, 1_281_167, 2**29):
+        chunk = knn_chunk_size(n, torch.device("cuda"))  # a device object needs no GPU
+        assert chunk >= 1 and (chunk * n <= KNN_BLOCK_ELEMENTS or chunk == 1)
+        assert chunk == max(1, KNN_BLOCK_ELEMENTS // n)
+    assert knn_chunk_size(50_000, "cuda:0") == 5368  # 10,000 test rows in 2 blocks, not 10
+    with pytest.raises(ValueError, match="chunk_size"):
+        knn_classify(torch.randn(5, 2), torch.zeros(5, dtype=torch.long), torch.randn(3, 2),
+                     torch.zeros(3, dtype=torch.long), num_classes=2, k=2, temperature=0.1, chunk_size=0)
 
 
 def test_accuracy_top1_top5_by_hand():

@@ -268,6 +268,82 @@ def test_extract_features_order_subset_and_modes():
     assert_frozen(before, enc)  # eval mode: BatchNorm running stats untouched
 
 
+class FormatSpy(nn.Module):
+    """Records the memory format of every (3-channel) input and the autocast state, then runs
+    ``body`` on the channel mean."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_last = x.stride(1) == 1 and not x.is_contiguous()
+        self.seen.append((channels_last, torch.is_autocast_enabled("cpu")))
+        return self.body(x.mean(dim=1, keepdim=True))
+
+
+def test_extract_features_precision_memory_format_and_output_device():
+    from sslbench.protocols.features import default_extract_batch_size, resolve_precision
+
+    gray = tiny_images(50, seed=0)
+    data = TinyDataset(gray.images.repeat(1, 3, 1, 1), gray.labels)  # channels_last is a no-op on 1 channel
+    enc = FormatSpy(tiny_encoder())
+    ref, ref_labels = extract_features(enc, data, batch_size=16, preprocess=preprocess)
+    assert enc.seen == [(False, False)] * 4  # CPU default: fp32, NCHW, as before
+    enc.seen.clear()
+    bf16, labels = extract_features(enc, data, batch_size=16, preprocess=preprocess, precision="bf16",
+                                    channels_last=True, output_device=None)
+    assert enc.seen == [(True, True)] * 4
+    assert bf16.dtype == torch.float32 and bf16.device.type == "cpu" and torch.equal(labels, ref_labels)
+    torch.testing.assert_close(bf16, ref, rtol=0.05, atol=0.05)  # bf16 keeps ~3 significant digits
+    assert not torch.equal(bf16, ref)
+    enc.seen.clear()
+    cl, _ = extract_features(enc, data, batch_size=16, preprocess=preprocess, precision="fp32", channels_last=True)
+    assert enc.seen == [(True, False)] * 4
+    torch.testing.assert_close(cl, ref)
+    # "auto" is fp32 on the CPU (bit-identical), bf16 on CUDA; the defaults a GPU would get
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("fp32", "cuda") == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) in ("bf16", "fp32")  # fp32 on a GPU without bf16
+    assert default_extract_batch_size("cpu") == 512 and default_extract_batch_size("cuda") == 1024
+    with pytest.raises(ValueError, match="precision"):
+        extract_features(enc, data, preprocess=preprocess, precision="fp16")
+
+
+def test_extract_features_reads_nothing_back_per_batch(monkeypatch):
+    """Without a subset the loop never waits for the device (on CUDA each of these calls would)."""
+    data = tiny_images(50, seed=0)
+    enc = tiny_encoder()
+    want, want_labels = extract_features(enc, data, batch_size=16, preprocess=preprocess)
+    reads: list[str] = []
+    for name in ("cpu", "item", "tolist", "numpy", "__int__", "__bool__", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _name=name, _real=real, **kwargs):
+            reads.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    feats, labels = extract_features(enc, data, batch_size=16, preprocess=preprocess)
+    monkeypatch.undo()
+    assert reads == []
+    assert torch.equal(feats, want) and torch.equal(labels, want_labels)
+
+
+def test_evaluate_records_the_feature_precision():
+    train, test = tiny_images(60, seed=0), tiny_images(30, seed=1)
+    enc = tiny_encoder()
+    specs = [FAST_SPECS[0], get_protocol("linear"), FAST_SPECS[-1]]
+    fp32 = evaluate(enc, train, test, specs, progress=False, preprocess=preprocess, augment=flip_augment)
+    assert [r.params["feature_precision"] for r in fp32] == ["fp32"] * 3  # "auto" on the CPU
+    bf16 = evaluate(enc, train, test, specs, progress=False, preprocess=preprocess, augment=flip_augment,
+                    precision="bf16")
+    assert [r.params["feature_precision"] for r in bf16] == ["bf16"] * 3
+    for a, b in zip(fp32, bf16):
+        assert a.spec.to_dict() == b.spec.to_dict()  # the spec (and its stored JSON) is unchanged
+        assert abs(a.metrics["top1"] - b.metrics["top1"]) <= 20.0
+
+
 def test_linear_probe_augmented_leaves_encoder_bit_identical():
     train, test = tiny_images(120, seed=0), tiny_images(60, seed=1)
     enc = tiny_encoder().train()  # left in train mode on purpose: the probe must use eval mode
