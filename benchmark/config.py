@@ -27,6 +27,8 @@ from sslbench.benchmark.errors import ConfigError
 OPTIMIZERS = ("sgd", "lars", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 PRECISIONS = ("auto", "fp32", "bf16")
+SWITCHES = ("auto", "on", "off")
+COMPILE_MODES = ("off", "default", "reduce-overhead")
 CROP_MODES = ("random", "ccrop")
 BACKGROUND_MODES = ("off", "bg_rm", "bg_random")
 BACKGROUND_SALIENCY = ("spectral", "activation")
@@ -108,7 +110,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How long and where to train.
+    """How long and where to train, and how fast.
 
     Attributes:
         epochs: passes over the training split (0: no training, the random-init baseline).
@@ -117,6 +119,34 @@ class TrainConfig:
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         channels_last: use the channels-last memory format (``auto``: on CUDA only).
         threads: CPU threads for torch (0: leave torch's default).
+
+    Execution settings (they change how fast a run goes, never what it computes beyond
+    floating-point rounding; like ``device`` and ``threads`` they are left out of the config hash,
+    so a run may resume under other values, and out of the stored config while they keep their
+    defaults):
+
+    Attributes:
+        checkpoint_every: epochs between checkpoints. The last epoch, and the epoch at which a
+            run is stopped early (preemption, ``stop_after_epochs``), always write one. Epoch
+            metrics reach MLflow once their checkpoint is written, so a logged epoch is always a
+            saved one; a run killed between checkpoints resumes from the last one and repeats
+            the epochs after it exactly.
+        async_checkpoint: ``auto`` (on for CUDA), ``on`` or ``off``: copy the state to host memory
+            and write the periodic checkpoints in a background thread while training goes on
+            (the final and the early-stop checkpoints are written synchronously).
+        finite_check_every: steps between checks that the training loss is finite. The loss
+            stays on the device (no host synchronisation per step); a check looks at every step
+            since the last one and names the first step that went bad. Every epoch end checks
+            too, before its checkpoint, so a checkpoint never holds a non-finite run.
+        compile: ``off``, ``default`` or ``reduce-overhead`` (``torch.compile`` of the backbone
+            and heads; ``reduce-overhead`` adds CUDA graphs). The compile time is reported
+            separately (``train/compile_time_s``).
+        cudnn_benchmark: ``auto`` (on for CUDA unless ``deterministic``), ``on`` or ``off``.
+        deterministic: deterministic algorithms (``torch.use_deterministic_algorithms``, the
+            cuBLAS workspace setting, cuDNN benchmark off), so that a resumed CUDA run is
+            bit-identical to an uninterrupted one; slower on CUDA (see the README), free on CPU.
+        foreach: ``auto`` (on for CUDA), ``on`` or ``off``: LARS updates all parameters with
+            multi-tensor (``torch._foreach_*``) kernels instead of a loop over parameters.
     """
 
     epochs: int = 100
@@ -125,17 +155,37 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: str = "auto"
     threads: int = 0
+    checkpoint_every: int = field(default=1, metadata={OMIT_WHEN_DEFAULT: True})
+    async_checkpoint: str = field(default="auto", metadata={OMIT_WHEN_DEFAULT: True})
+    finite_check_every: int = field(default=50, metadata={OMIT_WHEN_DEFAULT: True})
+    compile: str = field(default="off", metadata={OMIT_WHEN_DEFAULT: True})
+    cudnn_benchmark: str = field(default="auto", metadata={OMIT_WHEN_DEFAULT: True})
+    deterministic: bool = field(default=False, metadata={OMIT_WHEN_DEFAULT: True})
+    foreach: str = field(default="auto", metadata={OMIT_WHEN_DEFAULT: True})
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "train.epochs", self.epochs, "an integer >= 0")
         _check(self.seed >= 0, "train.seed", self.seed, "an integer >= 0")
         _check(self.precision in PRECISIONS, "train.precision", self.precision,
                f"one of {', '.join(PRECISIONS)}")
-        _check(self.channels_last in ("auto", "on", "off"), "train.channels_last",
-               self.channels_last, "one of auto, on, off")
+        _check(self.channels_last in SWITCHES, "train.channels_last", self.channels_last, "one of auto, on, off")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "train.device", self.device, "auto, cpu, cuda or cuda:N")
         _check(self.threads >= 0, "train.threads", self.threads, "an integer >= 0")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", self.checkpoint_every, "an integer >= 1")
+        _check(self.async_checkpoint in SWITCHES, "train.async_checkpoint", self.async_checkpoint,
+               "one of auto, on, off")
+        _check(self.finite_check_every >= 1, "train.finite_check_every", self.finite_check_every,
+               "an integer >= 1")
+        _check(self.compile in COMPILE_MODES, "train.compile", self.compile, f"one of {', '.join(COMPILE_MODES)}")
+        _check(self.cudnn_benchmark in SWITCHES, "train.cudnn_benchmark", self.cudnn_benchmark,
+               "one of auto, on, off")
+        _check(self.foreach in SWITCHES, "train.foreach", self.foreach, "one of auto, on, off")
+
+
+#: the train.* fields that change speed, not results: out of the config hash (with device, threads)
+EXECUTION_KEYS = ("device", "threads", "checkpoint_every", "async_checkpoint", "finite_check_every",
+                  "compile", "cudnn_benchmark", "deterministic", "foreach")
 
 
 @dataclass(frozen=True)
@@ -324,6 +374,8 @@ class Config:
         out = dataclasses.asdict(self)
         out["method_args"] = dict(self.method_args)
         _drop_defaults(out, dataclasses.fields(self), lambda name: getattr(self, name))
+        # The execution settings added to train.* after runs existed: stored only when set.
+        _drop_defaults(out["train"], dataclasses.fields(self.train), lambda name: getattr(self.train, name))
         return out
 
     def hash(self) -> str:
@@ -336,8 +388,8 @@ class Config:
             d.pop("background", None)
         for key in ("data_dir", "download", "num_workers"):
             d["data"].pop(key)
-        d["train"].pop("device")
-        d["train"].pop("threads")
+        for key in EXECUTION_KEYS:
+            d["train"].pop(key, None)
         d.pop("recipe")
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

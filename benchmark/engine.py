@@ -1,8 +1,10 @@
 """The one training loop every method runs under.
 
-Read top to bottom: schedules -> augmentation -> forward under autocast -> finite-loss check ->
-backward -> ``before_optimizer_step`` -> step -> ``on_step_end``; an atomic checkpoint after every
-epoch, then the epoch's metrics to MLflow. All randomness after model initialisation is drawn from generators seeded
+Read top to bottom: schedules -> augmentation -> forward under autocast -> finite-loss record ->
+backward -> ``before_optimizer_step`` -> step -> ``on_step_end``; an atomic checkpoint every
+``train.checkpoint_every`` epochs (and at the end), then the saved epochs' metrics to MLflow. The
+loss and the methods' logs stay on the device during an epoch (no host synchronisation per step):
+finiteness is checked every ``train.finite_check_every`` steps and before each checkpoint. All randomness after model initialisation is drawn from generators seeded
 by ``(seed, epoch)`` (and the rank, for augmentation under data parallelism), so a run resumed
 from an epoch checkpoint continues exactly as an uninterrupted one would (bit-identical weights
 on CPU).
@@ -24,9 +26,8 @@ numbers always come from the offline protocols.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -36,7 +37,7 @@ from torch import nn
 
 from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
 from sslbench.benchmark.background import BackgroundAugment
-from sslbench.benchmark.checkpoint import load_checkpoint, save_checkpoint
+from sslbench.benchmark.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from sslbench.benchmark.config import Config, Derived, derive
 from sslbench.benchmark.contrastive_crop import (
     ContrastiveCropSampler,
@@ -57,6 +58,7 @@ from sslbench.benchmark.distributed import (
     wrap_ddp,
 )
 from sslbench.benchmark.errors import CheckpointError, ConfigError, NonFiniteLossError, SSLBenchError
+from sslbench.benchmark.execution import compile_modules, execution_settings, switch
 from sslbench.benchmark.monitor import Monitor
 from sslbench.benchmark.optim import build_optimizer, set_lr
 from sslbench.benchmark.schedules import warmup_cosine
@@ -194,7 +196,8 @@ def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Iterator[A
 def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
              tracking: Tracking | None = Tracking(), progress: bool = True,
              stop_after_epochs: int | None = None, run_id: str | None = None,
-             extra_tags: dict[str, str] | None = None) -> PretrainResult:
+             extra_tags: dict[str, str] | None = None, max_steps: int | None = None,
+             step_hook: Callable[[int], None] | None = None) -> PretrainResult:
     """Pretrains ``cfg.method`` and returns its encoder.
 
     Args:
@@ -208,6 +211,10 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
         run_id: log into this existing MLflow run when no checkpoint names one (a sweep cell
             whose job died before its first checkpoint goes on in the run it had created).
         extra_tags: more tags for the pretraining run (e.g. the sweep and cell it belongs to).
+        max_steps: stop after this many optimisation steps in all, mid-epoch, without writing a
+            checkpoint for the unfinished epoch (benchmarks: ``bench_train``).
+        step_hook: called with the global step count after every optimisation step (a
+            benchmark's timer; it must not synchronise unless it means to).
 
     Raises:
         SSLBenchError: bad config, missing data, a checkpoint that is corrupt or from another
@@ -225,9 +232,10 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
     device = rank_device(resolve_device(cfg.train.device), env)
     owns_group = init_distributed(env, device)
     try:
-        return _pretrain(cfg, Path(run_dir), env, device, resume=resume, tracking=tracking,
-                         progress=progress, stop_after_epochs=stop_after_epochs, run_id=run_id,
-                         extra_tags=extra_tags)
+        with execution_settings(cfg.train, device):
+            return _pretrain(cfg, Path(run_dir), env, device, resume=resume, tracking=tracking,
+                             progress=progress, stop_after_epochs=stop_after_epochs, run_id=run_id,
+                             extra_tags=extra_tags, max_steps=max_steps, step_hook=step_hook)
     finally:
         if owns_group:
             teardown()
@@ -235,7 +243,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
 
 def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *, resume: bool,
               tracking: Tracking | None, progress: bool, stop_after_epochs: int | None,
-              run_id: str | None, extra_tags: dict[str, str] | None) -> PretrainResult:
+              run_id: str | None, extra_tags: dict[str, str] | None, max_steps: int | None = None,
+              step_hook: Callable[[int], None] | None = None) -> PretrainResult:
     ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
     if ckpt_path.exists() and not resume:
         raise SSLBenchError(
@@ -274,7 +283,8 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
         background.check(method.encoder, info.channels, image_size)  # fail now, not at its first step
     boxes: torch.Tensor | None = None  # ContrastiveCrop boxes (N, 4); None: random crops
     derived = derive(cfg, len(train), env.world_size)
-    optimizer = build_optimizer(method.param_groups(), cfg.optim, derived.lr)
+    optimizer = build_optimizer(method.param_groups(), cfg.optim, derived.lr,
+                                foreach=switch(cfg.train.foreach, device))
     monitor = Monitor(cfg.monitor, encoder=method.encoder, train=train, augment=augment, image_size=image_size,
                       feature_dim=method.feature_dim, seed=cfg.train.seed, device=device, method=cfg.method,
                       batch_size=cfg.data.batch_size, active=env.is_main,
@@ -309,6 +319,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
 
     # The engine calls `model` (DDP's gradient averaging under data parallelism); the per-step
     # hook and the checkpoints use the unwrapped `method`.
+    compiled = bool(compile_modules(method, cfg.train.compile))  # in place: same state_dict keys
     model = wrap_ddp(method, device) if env.distributed else method
     tags = identity_tags(cfg, device)
     run_tags = {**tags, **(extra_tags or {}), TAG_RUN_DIR: str(run_dir.resolve())}
@@ -337,95 +348,130 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
 
         stop = min(stop_after_epochs if stop_after_epochs is not None else cfg.train.epochs,
                    cfg.train.epochs)
-        for epoch in range(start_epoch, stop):
-            shuffle_gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch, 0))
-            aug_seed = epoch_seed(cfg.train.seed, epoch, 1, env.rank)  # own augmentations per rank
-            aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
-            # Background draws on their own stream: the views' draws stay those of a run without it.
-            bg_seed = epoch_seed(cfg.train.seed, epoch, 2, env.rank)
-            bg_gen = torch.Generator(device=device).manual_seed(bg_seed)
-            t0, loss_sum, hook_logs, crop_logs = time.perf_counter(), 0.0, {}, {}
-            step_logs: dict[str, float] = {}  # StepOutput.logs, summed over the epoch's steps
-            if is_localization_epoch(epoch, cfg.crop):  # every rank, the whole split, same weights
-                with _autocast(device, cfg.train.precision):
-                    boxes = localize(method.encoder, cfg.backbone, train, mean=info.mean, std=info.std,
-                                     threshold=cfg.crop.threshold, batch_size=cfg.data.batch_size,
-                                     device=device)
-                crop_logs = {"train/ccrop_box_area": mean_box_area(boxes)}
-            with torch.no_grad(), _autocast(device, cfg.train.precision):
-                epoch_ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, seed=cfg.train.seed)
-                epoch_logs = method.on_epoch_start(epoch_ctx, _EpochData(train, info, image_size, device))
-            method.train()
-            batches = train.batches(cfg.data.batch_size, shuffle=True, generator=shuffle_gen,
-                                    drop_last=True, rank=env.rank, world_size=env.world_size)
-            desc = f"{cfg.method} epoch {epoch + 1}/{cfg.train.epochs}"
-            for batch in _progress(batches, derived.steps_per_epoch, desc, progress and env.is_main):
-                lr = warmup_cosine(step, derived.total_steps, derived.warmup_steps, derived.lr,
-                                   derived.final_lr)
-                set_lr(optimizer, lr)
-                indices = batch.indices.to(device, non_blocking=True)
-                sampler = None
-                if boxes is not None:
-                    sampler = ContrastiveCropSampler(boxes[indices], cfg.crop.alpha)
-                images = batch.images.to(device, non_blocking=True)
-                view_images = None
-                if background is not None and epoch >= cfg.background.start_epoch:
-                    view_images = background(images, augment.num_views, bg_gen, method.encoder)
-                geometry = None
-                if method.needs_geometry:
-                    views, view_params = augment(images, aug_gen, crop_sampler=sampler, return_params=True,
-                                                 view_images=view_images)
-                    geometry = view_geometry(view_params, images.shape[-2], images.shape[-1])
-                else:
-                    views = augment(images, aug_gen, crop_sampler=sampler, view_images=view_images)
-                if channels_last:
-                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, indices, cfg.train.seed,
-                                  geometry)
-                with _autocast(device, cfg.train.precision):
-                    out = model(views, ctx)
-                # The mean over ranks: the logged loss, and every rank stops on a non-finite one.
-                loss = mean_over_ranks(out.loss.detach().float()).item()
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"The training loss of '{cfg.method}' became {loss} at step {step} "
-                        f"(epoch {epoch + 1}, lr {lr:.3g}).",
-                        f"The last good checkpoint is kept in {run_dir / 'checkpoints'}. Lower "
-                        "optim.base_lr or use optim.warmup_epochs, then start again (or resume).",
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                method.before_optimizer_step(ctx)
-                optimizer.step()
-                hook_logs = method.on_step_end(out, ctx)
-                for key, value in out.logs.items():
-                    step_logs[key] = step_logs.get(key, 0.0) + float(value)
-                loss_sum += loss
-                step += 1
-                monitor.after_step(step, views[0], batch.labels, indices)
-            seconds = time.perf_counter() - t0
-            metrics = {
-                "train/loss": loss_sum / max(1, derived.steps_per_epoch),
-                "train/lr": lr if derived.steps_per_epoch else 0.0,
-                "train/images_per_s": derived.steps_per_epoch * cfg.data.batch_size / seconds,  # all ranks
-                "train/epoch_time_s": seconds,
-                "train/peak_memory_mb": peak_memory_mb(device),
-                **{f"train/{k}": v / max(1, derived.steps_per_epoch) for k, v in step_logs.items()},
-                **{f"train/{k}": float(v) for k, v in hook_logs.items()},  # the epoch's last step
-                **crop_logs,
-                **{f"train/{k}": float(v) for k, v in epoch_logs.items()},
-            }
-            monitor.end_epoch(epoch + 1, last=epoch + 1 == cfg.train.epochs)
-            history.append({"epoch": epoch + 1, **metrics})
-            if env.is_main:
-                save_checkpoint(ckpt_path, _state(cfg, method, optimizer, epoch + 1, step, run_id, history,
-                                                  info, input_spec, elapsed + time.perf_counter() - wall0,
-                                                  boxes, monitor.state_dict()))
-            if run is not None:  # after the checkpoint: a logged epoch is always a saved epoch
-                run.log_metrics(metrics, step=epoch + 1)
-            monitor.flush()
+        writer = CheckpointWriter(asynchronous=switch(cfg.train.async_checkpoint, device))
+        unlogged: list[dict[str, float]] = []  # epochs whose checkpoint is not yet on disk
 
-        done = stop >= cfg.train.epochs
+        def log_saved() -> None:  # a logged epoch is always a saved epoch
+            while unlogged and unlogged[0]["epoch"] <= writer.durable_epoch:
+                h = unlogged.pop(0)
+                if run is not None:
+                    run.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]))
+            if not unlogged:
+                monitor.flush()
+
+        watch = _FiniteWatch(device, cfg.train.finite_check_every)
+        compile_time: float | None = None
+        stopped_by_steps = False
+        try:
+            for epoch in range(start_epoch, stop):
+                if max_steps is not None and step >= max_steps:
+                    stopped_by_steps = True
+                    break
+                shuffle_gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch, 0))
+                aug_seed = epoch_seed(cfg.train.seed, epoch, 1, env.rank)  # own augmentations per rank
+                aug_gen = torch.Generator(device=device).manual_seed(aug_seed)
+                # Background draws on their own stream: the views' draws stay those of a run without it.
+                bg_seed = epoch_seed(cfg.train.seed, epoch, 2, env.rank)
+                bg_gen = torch.Generator(device=device).manual_seed(bg_seed)
+                t0, crop_logs = time.perf_counter(), {}
+                sums = _StepSums(device)  # the loss and StepOutput.logs, summed on the device
+                hook_logs: dict[str, Any] = {}
+                if is_localization_epoch(epoch, cfg.crop):  # every rank, the whole split, same weights
+                    with _autocast(device, cfg.train.precision):
+                        boxes = localize(method.encoder, cfg.backbone, train, mean=info.mean, std=info.std,
+                                         threshold=cfg.crop.threshold, batch_size=cfg.data.batch_size,
+                                         device=device)
+                    crop_logs = {"train/ccrop_box_area": mean_box_area(boxes)}
+                with torch.no_grad(), _autocast(device, cfg.train.precision):
+                    epoch_ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, seed=cfg.train.seed)
+                    epoch_logs = method.on_epoch_start(epoch_ctx, _EpochData(train, info, image_size, device))
+                method.train()
+                batches = train.batches(cfg.data.batch_size, shuffle=True, generator=shuffle_gen,
+                                        drop_last=True, rank=env.rank, world_size=env.world_size)
+                desc = f"{cfg.method} epoch {epoch + 1}/{cfg.train.epochs}"
+                epoch_steps = 0
+                for batch in _progress(batches, derived.steps_per_epoch, desc, progress and env.is_main):
+                    lr = warmup_cosine(step, derived.total_steps, derived.warmup_steps, derived.lr,
+                                       derived.final_lr)
+                    set_lr(optimizer, lr)
+                    indices = batch.indices.to(device, non_blocking=True)
+                    sampler = None
+                    if boxes is not None:
+                        sampler = ContrastiveCropSampler(boxes[indices], cfg.crop.alpha)
+                    images = batch.images.to(device, non_blocking=True)
+                    view_images = None
+                    if background is not None and epoch >= cfg.background.start_epoch:
+                        view_images = background(images, augment.num_views, bg_gen, method.encoder)
+                    geometry = None
+                    if method.needs_geometry:
+                        views, view_params = augment(images, aug_gen, crop_sampler=sampler, return_params=True,
+                                                     view_images=view_images)
+                        geometry = view_geometry(view_params, images.shape[-2], images.shape[-1])
+                    else:
+                        views = augment(images, aug_gen, crop_sampler=sampler, view_images=view_images)
+                    if channels_last:
+                        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                    ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, indices, cfg.train.seed,
+                                      geometry)
+                    first = compile_time is None and compiled
+                    t_step = time.perf_counter() if first else 0.0
+                    with _autocast(device, cfg.train.precision):
+                        out = model(views, ctx)
+                    loss = out.loss.detach()
+                    watch.record(loss, step, lr)  # no host synchronisation (checked every N steps)
+                    optimizer.zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    method.before_optimizer_step(ctx)
+                    optimizer.step()
+                    hook_logs = method.on_step_end(out, ctx)
+                    sums.add(loss, out.logs)
+                    step += 1
+                    epoch_steps += 1
+                    if first:  # the first compiled step: its time is the compile time, reported apart
+                        _synchronize(device)
+                        compile_time = time.perf_counter() - t_step
+                    if watch.due(step):
+                        watch.check(cfg.method, derived.steps_per_epoch, run_dir)
+                    monitor.after_step(step, views[0], batch.labels, indices)
+                    if step_hook is not None:
+                        step_hook(step)
+                    if max_steps is not None and step >= max_steps:
+                        break
+                watch.check(cfg.method, derived.steps_per_epoch, run_dir)  # before the checkpoint
+                if epoch_steps < derived.steps_per_epoch:
+                    stopped_by_steps = True  # a benchmark's step limit, mid-epoch: nothing to save or log
+                    break
+                seconds = time.perf_counter() - t0
+                totals = sums.totals(derived.steps_per_epoch)
+                metrics = {
+                    "train/loss": totals.pop("loss"),
+                    "train/lr": lr if derived.steps_per_epoch else 0.0,
+                    "train/images_per_s": derived.steps_per_epoch * cfg.data.batch_size / seconds,  # all ranks
+                    "train/epoch_time_s": seconds,
+                    "train/peak_memory_mb": peak_memory_mb(device),
+                    **{f"train/{k}": v for k, v in totals.items()},
+                    **{f"train/{k}": float(v) for k, v in hook_logs.items()},  # the epoch's last step
+                    **crop_logs,
+                    **{f"train/{k}": float(v) for k, v in epoch_logs.items()},
+                    **({"train/compile_time_s": compile_time} if compile_time is not None and epoch == start_epoch
+                       else {}),
+                }
+                monitor.end_epoch(epoch + 1, last=epoch + 1 == cfg.train.epochs)
+                history.append({"epoch": epoch + 1, **metrics})
+                unlogged.append(history[-1])
+                final_epoch = epoch + 1 == stop  # the run's last epoch, or where it is stopped early
+                if env.is_main and ((epoch + 1) % cfg.train.checkpoint_every == 0 or final_epoch):
+                    writer.save(ckpt_path, _state(cfg, method, optimizer, epoch + 1, step, run_id, history,
+                                                  info, input_spec, elapsed + time.perf_counter() - wall0,
+                                                  boxes, monitor.state_dict()), sync=final_epoch)
+                elif not env.is_main:
+                    writer.durable_epoch = epoch + 1  # only rank 0 writes; the others log nothing
+                log_saved()
+        finally:
+            writer.wait()  # a checkpoint in flight reaches the disk even when the run fails
+        log_saved()
+
+        done = stop >= cfg.train.epochs and not stopped_by_steps
         if env.is_main and not ckpt_path.exists():  # epochs == 0: the random-init encoder, saved
             save_checkpoint(ckpt_path, _state(cfg, method, optimizer, 0, 0, run_id, history, info,
                                               input_spec, 0.0, monitor_state=monitor.state_dict()))
@@ -442,6 +488,86 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
     return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id, final, device, tags,
                           env.is_main)
 
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _StepSums:
+    """The loss and the methods' step logs, summed over an epoch where they are (0-d tensors stay
+    on the device; floats stay floats): read once, at the epoch's end.
+
+    Sums are float64, as the Python floats they replace, so the logged means are the same numbers.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self._sums: dict[str, Any] = {}
+
+    def add(self, loss: torch.Tensor, logs: dict[str, Any]) -> None:
+        self._add("loss", loss)
+        for key, value in logs.items():
+            self._add(key, value)
+
+    def _add(self, key: str, value: Any) -> None:
+        value = value.detach().to(self._dtype) if isinstance(value, torch.Tensor) else float(value)
+        previous = self._sums.get(key)
+        self._sums[key] = value if previous is None else previous + value
+
+    def totals(self, steps: int) -> dict[str, float]:
+        """Each sum divided by ``steps`` (the loss averaged over data-parallel ranks too)."""
+        sums = dict(self._sums)
+        loss = sums.pop("loss", 0.0)
+        if isinstance(loss, torch.Tensor):
+            loss = float(mean_over_ranks(loss))  # the mean over ranks: the logged loss
+        return {"loss": loss / max(1, steps), **{k: float(v) / max(1, steps) for k, v in sums.items()}}
+
+
+class _FiniteWatch:
+    """Finds the first non-finite training loss without a host synchronisation per step.
+
+    :meth:`record` keeps, on the device, the first step whose loss was not finite and its value;
+    :meth:`check` (every ``every`` steps and at each epoch end) reads them once and, on every
+    data-parallel rank alike, raises the error that names that step.
+    """
+
+    _NONE = 2**62  # "no bad step yet"
+
+    def __init__(self, device: torch.device, every: int) -> None:
+        self.every = every
+        self._bad_step = torch.full((), self._NONE, dtype=torch.int64, device=device)
+        self._bad_value = torch.zeros((), dtype=torch.float32, device=device)
+        self._lrs: dict[int, float] = {}
+
+    def record(self, loss: torch.Tensor, step: int, lr: float) -> None:
+        new = ~torch.isfinite(loss) & (self._bad_step == self._NONE)
+        self._bad_step = torch.where(new, step, self._bad_step)
+        self._bad_value = torch.where(new, loss.float(), self._bad_value)
+        self._lrs[step] = lr
+
+    def due(self, steps_done: int) -> bool:
+        return steps_done % self.every == 0
+
+    def check(self, method: str, steps_per_epoch: int, run_dir: Path) -> None:
+        """Raises:
+            NonFiniteLossError: a step since the last check had a non-finite loss (on any rank).
+        """
+        from sslbench.benchmark.distributed import reduce_over_ranks
+
+        first = int(-reduce_over_ranks(-self._bad_step, "max"))  # the earliest bad step of all ranks
+        lrs, self._lrs = self._lrs, {}
+        if first == self._NONE:
+            return
+        value = float(self._bad_value) if int(self._bad_step) == first else float("nan")
+        lr = lrs.get(first, float("nan"))
+        raise NonFiniteLossError(
+            f"The training loss of '{method}' became {value} at step {first} "
+            f"(epoch {first // max(1, steps_per_epoch) + 1}, lr {lr:.3g}).",
+            f"The last good checkpoint is kept in {run_dir / 'checkpoints'}. Lower "
+            "optim.base_lr or use optim.warmup_epochs, then start again (or resume).",
+        )
 
 def _tracked_run(tracking: Tracking | None, cfg: Config, tags: dict[str, str],
                  run_id: str | None) -> contextlib.AbstractContextManager[Any]:
