@@ -33,7 +33,8 @@ from sslbench.benchmark.errors import ConfigError
 from sslbench.methods.base import InputSpec, Method, StepContext, StepOutput
 from sslbench.methods.encoders import ColorSplitEncoder, EncoderSpec, parse_groups
 from sslbench.methods.heads import mlp
-from sslbench.methods.instdisc import instdisc_nce_loss
+from sslbench.methods.instdisc import bank_scores, instdisc_nce_loss
+from sslbench.methods.losses import fp32, fp32_matmul
 from sslbench.methods.registry import register_method
 
 #: colour spaces the encoder converts to (methods/encoders.py ColorSplitEncoder).
@@ -145,7 +146,7 @@ def contrast_in_batch(anchors: torch.Tensor, candidates: torch.Tensor, temperatu
 
     with L2-normalised anchors ``a`` (view a) and candidates ``b`` (view b of the batch's images):
     the positive of anchor i is the same image's view-b embedding, the other images' view-b
-    embeddings are its negatives.
+    embeddings are its negatives. The logits are float32 (autocast off).
 
     Args:
         anchors: view-a embeddings of this batch.
@@ -158,7 +159,8 @@ def contrast_in_batch(anchors: torch.Tensor, candidates: torch.Tensor, temperatu
     """
     if not 0 <= offset <= candidates.shape[0] - anchors.shape[0]:
         raise ValueError(f"offset {offset} does not place {anchors.shape[0]} rows in {candidates.shape[0]}")
-    logits = F.normalize(anchors, dim=1) @ F.normalize(candidates, dim=1).T / temperature
+    anchors, candidates = fp32(anchors, candidates)
+    logits = fp32_matmul(F.normalize(anchors, dim=1), F.normalize(candidates, dim=1).T) / temperature
     target = torch.arange(anchors.shape[0], device=anchors.device) + offset
     return F.cross_entropy(logits, target)
 
@@ -194,17 +196,14 @@ def memory_logits(anchors: torch.Tensor, memory: torch.Tensor, cols: torch.Tenso
                   temperature: float) -> torch.Tensor:
     """Scores of anchors against rows of a memory bank: ``logits[b, k] = a_b . memory[cols[b, k]] / tau``.
 
-    Computed in the bank's precision with autocast off (``exp(s / 0.07)`` is sensitive to bf16); a
-    bank with fewer rows than ``cols`` holds is scored whole, then gathered.
+    Computed in float32 (or the bank's wider precision) with autocast off (``exp(s / 0.07)`` is
+    sensitive to bf16), as InstDisc's :func:`~sslbench.methods.instdisc.bank_scores`; a bank with
+    no more rows than ``cols`` holds is scored whole, then gathered.
 
     Shape:
         anchors: (B, D); memory: (N, D); cols: (B, C) int64. Returns (B, C).
     """
-    with torch.autocast(anchors.device.type, enabled=False):
-        a = anchors.to(memory.dtype)
-        if memory.shape[0] <= cols.numel():
-            return (a @ memory.T).gather(1, cols) / temperature
-        return torch.einsum("bd,bkd->bk", a, memory[cols]) / temperature
+    return bank_scores(anchors, memory, cols) / temperature
 
 
 def cmc_memory_loss(z: Sequence[torch.Tensor], memory: torch.Tensor, cols: torch.Tensor, temperature: float,

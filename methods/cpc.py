@@ -21,6 +21,7 @@ from sslbench.benchmark.backbones import build_backbone
 from sslbench.benchmark.errors import ConfigError
 from sslbench.methods.base import InputSpec, Method, StepContext, StepOutput
 from sslbench.methods.encoders import EncoderSpec, register_encoder
+from sslbench.methods.losses import fp32, fp32_matmul
 from sslbench.methods.registry import register_method
 
 NORMS = ("layer", "batch")
@@ -269,7 +270,8 @@ def cpc_infonce(preds: torch.Tensor, targets: torch.Tensor, rows_ahead: int, sca
     ``L_k = -1/N sum_{b, i < H-k, j} log( exp(s <p_{b,i,j}, t_{b,i+k,j}>)
     / sum_{b', i', j'} exp(s <p_{b,i,j}, t_{b',i',j'}>) )``,  N = B (H - k) W,
 
-    s being ``scale`` (the pseudocode's ``emb_scale`` 0.1 on the predictions).
+    s being ``scale`` (the pseudocode's ``emb_scale`` 0.1 on the predictions). The logits are
+    float32 (autocast off).
 
     Shape:
         preds, targets: (B, D, H, W); return: ().
@@ -279,11 +281,12 @@ def cpc_infonce(preds: torch.Tensor, targets: torch.Tensor, rows_ahead: int, sca
         raise ValueError(f"rows_ahead must be in [1, {h - 1}] for a grid of {h} rows, got {rows_ahead}")
     queries = preds[:, :, : h - rows_ahead].permute(0, 2, 3, 1).reshape(-1, d)  # (b, i, j) row-major
     keys = targets.permute(0, 2, 3, 1).reshape(-1, d)
-    logits = scale * queries @ keys.T  # (B (H - k) W, B H W)
+    queries, keys = fp32(queries, keys)
+    logits = fp32_matmul(scale * queries, keys.T)  # (B (H - k) W, B H W)
     q = torch.arange(queries.shape[0], device=logits.device)
     per_image = (h - rows_ahead) * w
     labels = (q // per_image) * (h * w) + rows_ahead * w + q % per_image  # index of (b, i + k, j)
-    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
+    return F.cross_entropy(logits, labels)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from torch import nn
 from sslbench.benchmark.distributed import gather_no_grad
 from sslbench.methods.base import EpochData, Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
+from sslbench.methods.losses import fp32_matmul
 from sslbench.methods.multicrop import count_global
 from sslbench.methods.registry import register_method
 
@@ -88,6 +89,16 @@ def _kmeans(x: torch.Tensor, k: int, iterations: int,
         full = counts > 0
         centroids[full] = F.normalize(sums[full] / counts[full, None], dim=1)
     return centroids, assign
+
+
+def prototype_scores(z: list[torch.Tensor], prototypes: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """``scores[h][v] = z_v C_h^T``: each view's projections against each clustering's centroids,
+    in float32 with autocast off (the loss divides them by tau = 0.1, which bf16 cannot take).
+
+    Shape:
+        z: V tensors (B, D); prototypes: H tensors (K_h, D); return: H lists of V tensors (B, K_h).
+    """
+    return [[fp32_matmul(v, c.T) for v in z] for c in prototypes]
 
 
 def deepclusterv2_loss(scores: list[list[torch.Tensor]], targets: torch.Tensor,
@@ -228,7 +239,7 @@ class DeepClusterV2(Method):
             raise ValueError(f"DeepCluster-v2 banks {a} global crops; the augmentation gives {num_global}")
         idx = ctx.indices.to(device=views[0].device, dtype=torch.long)
         z = forward_views(self.project, views)
-        scores = [[v @ c.to(v.dtype).T for v in z] for c in self.prototypes()]
+        scores = prototype_scores(z, self.prototypes())
         targets = self.assignments[:, idx]
         if (targets < 0).any():  # the engine clusters before every epoch: a caller skipped it
             raise RuntimeError("DeepCluster-v2 has no cluster assignment for some images of this batch: "

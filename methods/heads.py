@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from sslbench.methods.losses import fp32, no_autocast
+
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, *, num_layers: int = 2, hidden_bn: bool = True,
         last_bn: bool = False) -> nn.Sequential:
@@ -49,7 +51,8 @@ class DINOHead(nn.Module):
 
     The MLP's linear layers start from a truncated normal (std 0.02); the last layer is
     ``g * v / ||v||`` per output row with g = 1 at the start, and g frozen when
-    ``norm_last_layer`` (the official default).
+    ``norm_last_layer`` (the official default). The last layer runs in float32 with autocast off
+    (:meth:`logits`): DINO divides its outputs by tau_t = 0.04.
 
     Args:
         in_dim: input features.
@@ -88,4 +91,15 @@ class DINOHead(nn.Module):
         g.requires_grad_(not norm_last_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+        return self.logits(F.normalize(self.mlp(x), dim=-1))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The weight-normalised last layer on the L2-normalised bottleneck ``h``, in float32
+        with autocast off (the outputs are divided by a temperature).
+
+        Shape:
+            h: (B, bottleneck_dim); return: (B, out_dim).
+        """
+        (h,) = fp32(h)
+        with no_autocast(h):
+            return self.last_layer(h)

@@ -13,6 +13,7 @@ from torch import nn
 
 from sslbench.benchmark.distributed import gather_no_grad, is_initialized, mean_over_ranks, rank, world_size
 from sslbench.methods.base import Method, StepContext, StepOutput
+from sslbench.methods.losses import fp32_einsum, fp32_matmul
 from sslbench.methods.registry import register_method
 
 
@@ -49,6 +50,22 @@ class InstDiscConfig:
         if self.temperature <= 0 or self.embed_dim < 1 or not 0 <= self.memory_momentum < 1:
             raise ValueError(f"need temperature > 0, embed_dim >= 1 and memory_momentum in [0, 1), got "
                              f"{self.temperature}, {self.embed_dim}, {self.memory_momentum}")
+
+
+def bank_scores(v: torch.Tensor, bank: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Dot products of embeddings with memory-bank rows, ``s[b, k] = v_b . bank[cols[b, k]]``
+    (``cols=None``: every row of the bank), in float32 or the bank's wider precision with autocast
+    off (``exp(s / 0.07)`` is sensitive to bf16: :func:`~sslbench.methods.losses.fp32_matmul`). A
+    bank with no more rows than ``cols`` holds is scored whole, then gathered.
+
+    Shape:
+        v: (B, D); bank: (N, D); cols: (B, C) int64. Returns (B, C), or (B, N) without ``cols``.
+    """
+    if cols is None:
+        return fp32_matmul(v, bank.T)
+    if bank.shape[0] <= cols.numel():  # a small bank: score it all, then pick
+        return fp32_matmul(v, bank.T).gather(1, cols)
+    return fp32_einsum("bd,bkd->bk", v, bank[cols])
 
 
 def instdisc_nce_loss(logits: torch.Tensor, log_z: torch.Tensor | float, num_samples: int) -> torch.Tensor:
@@ -114,14 +131,8 @@ class InstDisc(Method):
         return noise[r * batch:(r + 1) * batch]
 
     def _scores(self, v: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
-        """``v . bank[cols]`` per row (``cols=None``: the whole bank), in the bank's precision."""
-        with torch.autocast(v.device.type, enabled=False):  # exp(s / 0.07) is sensitive to bf16
-            v = v.to(self.bank.dtype)
-            if cols is None:
-                return v @ self.bank.T
-            if self.bank.shape[0] <= cols.numel():  # a small bank: score it all, then pick
-                return (v @ self.bank.T).gather(1, cols)
-            return torch.einsum("bd,bkd->bk", v, self.bank[cols])
+        """``v . bank[cols]`` per row (``cols=None``: the whole bank), in float32: :func:`bank_scores`."""
+        return bank_scores(v, self.bank, cols)
 
     def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         if ctx.indices is None:

@@ -12,6 +12,7 @@ from torch import nn
 
 from sslbench.benchmark.distributed import gather_no_grad, gather_with_grad, is_initialized, rank
 from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
+from sslbench.methods.losses import fp32, fp32_matmul
 from sslbench.methods.registry import register_method
 
 
@@ -61,6 +62,7 @@ def invaspread_loss(f1: torch.Tensor, f2: torch.Tensor, temperature: float, *, d
     notation: both views serve as anchors; the candidates are the other 2N - 1 features of the
     batch (both views, the anchor itself excluded), and the spreading term uses the anchor's own
     softmax; the sum is divided by 2N; with ``detach_candidates`` the candidates are constants.
+    The logits are float32 (autocast off).
 
     Global batch (data parallelism): ``all_f1`` / ``all_f2`` hold the M images of all ranks (this
     rank's N at ``offset``); anchors stay local and the candidates become the other 2M - 1, so the
@@ -79,12 +81,12 @@ def invaspread_loss(f1: torch.Tensor, f2: torch.Tensor, temperature: float, *, d
         f1, f2: (N, D); all_f1, all_f2: (M, D). Returns a scalar.
     """
     n = f1.shape[0]
-    u = F.normalize(torch.cat([f1, f2]), dim=1)
+    u = F.normalize(torch.cat(fp32(f1, f2)), dim=1)
     if all_f1 is None or all_f2 is None:
         candidates, m = u, n
     else:
         m = all_f1.shape[0]
-        candidates = F.normalize(torch.cat([all_f1, all_f2]), dim=1)
+        candidates = F.normalize(torch.cat(fp32(all_f1, all_f2)), dim=1)
     if detach_candidates:
         candidates = candidates.detach()
     rows = torch.arange(2 * n, device=u.device)
@@ -92,7 +94,7 @@ def invaspread_loss(f1: torch.Tensor, f2: torch.Tensor, temperature: float, *, d
     partner = torch.cat([own[n:], own[:n]])
     is_self = torch.zeros(2 * n, 2 * m, dtype=torch.bool, device=u.device)
     is_self[rows, own] = True
-    logits = (u @ candidates.T).to(torch.promote_types(u.dtype, torch.float32))  # bf16 -> fp32
+    logits = fp32_matmul(u, candidates.T)
     log_p = (logits / temperature).masked_fill(is_self, float("-inf")).log_softmax(dim=1)
     invariance = log_p[rows, partner]
     is_negative = ~is_self

@@ -49,6 +49,7 @@ from torch import nn
 from sslbench.benchmark.augment import AugmentRecipe, get_augment_recipe, register_augment_recipe
 from sslbench.benchmark.backbones import feature_map
 from sslbench.methods.base import Method, StepContext, StepOutput
+from sslbench.methods.losses import fp32, fp32_matmul
 from sslbench.methods.registry import register_method
 
 _OFFICIAL = "dvlab-research/JigsawClustering"
@@ -72,7 +73,8 @@ def jigsaw_cluster_loss(z: torch.Tensor, labels: torch.Tensor, temperature: floa
                 log( exp(z_i . z_p / tau) / sum_{a in A(i)} exp(z_i . z_a / tau) )
 
     The factor ``tau / tau_base`` is the official code's (``base_temperature`` 0.07 while the
-    README trains with tau 0.3, so the loss is scaled by 0.3 / 0.07).
+    README trains with tau 0.3, so the loss is scaled by 0.3 / 0.07). The logits are float32
+    (autocast off).
 
     Args:
         z: L2-normalised tile embeddings.
@@ -94,7 +96,8 @@ def jigsaw_cluster_loss(z: torch.Tensor, labels: torch.Tensor, temperature: floa
     num_pos = positives.sum(dim=1)
     if bool((num_pos == 0).any()):
         raise ValueError("every tile needs another tile of the same image (a positive)")
-    logits = (z @ z.T) / temperature
+    (z,) = fp32(z)
+    logits = fp32_matmul(z, z.T) / temperature
     log_norm = torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
     log_prob = logits - log_norm
     mean_log_prob_pos = (log_prob * positives).sum(dim=1) / num_pos
@@ -299,7 +302,7 @@ class JigsawCluster(Method):
 
     def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         f, source, position = self.tile_features(views, ctx)
-        z = F.normalize(self.projector(f).float(), dim=1)  # the N x N logits in float32 under autocast
+        z = F.normalize(self.projector(f).float(), dim=1)  # normalised in float32 (the logits too)
         loss_clu = jigsaw_cluster_loss(z, source, self.cfg.temperature, self.cfg.base_temperature)
         logits = self.location_head(f)
         loss_loc = location_loss(logits, position)

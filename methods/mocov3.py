@@ -15,6 +15,7 @@ from sslbench.benchmark.distributed import gather_no_grad, is_initialized, rank
 from sslbench.benchmark.schedules import cosine_momentum
 from sslbench.methods.base import Method, StepContext, StepOutput
 from sslbench.methods.heads import mlp
+from sslbench.methods.losses import fp32, fp32_matmul
 from sslbench.methods.momentum import ema_update, momentum_copy
 from sslbench.methods.registry import register_method
 
@@ -30,6 +31,7 @@ def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, *, all_k: 
 
     averaged over the queries and multiplied by ``2 tau`` (Alg. 1; moco-v3 ``builder.py``). The
     batch's other keys are the negatives; keys get no gradient. The method sums both directions.
+    The logits are float32 (autocast off).
 
     Under data parallelism ``all_k`` holds every rank's keys (``gather_no_grad``, the repo's
     ``concat_all_gather``), ``offset = rank * N``: the mean over ranks is the joint-batch loss, and
@@ -51,7 +53,8 @@ def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, *, all_k: 
     n, m = q.shape[0], keys.shape[0]
     if keys.shape[1:] != q.shape[1:] or not 0 <= offset <= m - n:
         raise ValueError(f"offset {offset} does not place {n} keys inside keys of shape {tuple(keys.shape)}")
-    logits = F.normalize(q, dim=1) @ F.normalize(keys.detach(), dim=1).T / temperature
+    q, keys = fp32(q, keys.detach())
+    logits = fp32_matmul(F.normalize(q, dim=1), F.normalize(keys, dim=1).T) / temperature
     labels = torch.arange(n, device=q.device) + offset
     return F.cross_entropy(logits, labels) * (2 * temperature)
 

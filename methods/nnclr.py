@@ -13,6 +13,7 @@ from torch import nn
 from sslbench.benchmark.distributed import gather_no_grad, gather_with_grad, is_initialized, rank
 from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
+from sslbench.methods.losses import fp32, fp32_matmul
 from sslbench.methods.momentum import FeatureQueue
 from sslbench.methods.registry import register_method
 
@@ -75,8 +76,8 @@ def nnclr_loss(nn_a: torch.Tensor, p_b: torch.Tensor, temperature: float, *, sym
         L_i  = -log( exp(n_i . p_i / tau) / sum_k exp(n_i . p_k / tau) )    (Eq. 2),
         L'_i = -log( exp(n_i . p_i / tau) / sum_k exp(n_k . p_i / tau) )    (the §3.2 symmetrisation),
 
-    returns mean_i L_i, or mean_i (L_i + L'_i) / 2 with ``symmetric``. The neighbours receive no
-    gradient. Global batch: ``all_nn_a`` / ``all_p_b`` hold all ranks' M rows (this rank's at
+    returns mean_i L_i, or mean_i (L_i + L'_i) / 2 with ``symmetric``, the logits in float32
+    (autocast off). The neighbours receive no gradient. Global batch: ``all_nn_a`` / ``all_p_b`` hold all ranks' M rows (this rank's at
     ``offset``); the mean over ranks then equals the joint batch's loss.
 
     Args:
@@ -91,14 +92,15 @@ def nnclr_loss(nn_a: torch.Tensor, p_b: torch.Tensor, temperature: float, *, sym
     Shape:
         nn_a, p_b: (N, D); all_nn_a, all_p_b: (M, D). Returns a scalar.
     """
-    nn_a, p_b = F.normalize(nn_a.detach(), dim=1), F.normalize(p_b, dim=1)
-    cand_p = p_b if all_p_b is None else F.normalize(all_p_b, dim=1)
+    nn_a, p_b = fp32(nn_a.detach(), p_b)
+    nn_a, p_b = F.normalize(nn_a, dim=1), F.normalize(p_b, dim=1)
+    cand_p = p_b if all_p_b is None else F.normalize(fp32(all_p_b)[0], dim=1)
     labels = torch.arange(nn_a.shape[0], device=nn_a.device) + offset
-    loss = F.cross_entropy(nn_a @ cand_p.T / temperature, labels)
+    loss = F.cross_entropy(fp32_matmul(nn_a, cand_p.T) / temperature, labels)
     if not symmetric:
         return loss
-    cand_nn = nn_a if all_nn_a is None else F.normalize(all_nn_a.detach(), dim=1)
-    return (loss + F.cross_entropy(p_b @ cand_nn.T / temperature, labels)) / 2
+    cand_nn = nn_a if all_nn_a is None else F.normalize(fp32(all_nn_a.detach())[0], dim=1)
+    return (loss + F.cross_entropy(fp32_matmul(p_b, cand_nn.T) / temperature, labels)) / 2
 
 
 @register_method(

@@ -37,6 +37,7 @@ from torch import nn
 from sslbench.benchmark.backbones import feature_map
 from sslbench.benchmark.schedules import cosine_momentum
 from sslbench.methods.base import Method, StepContext, StepOutput, ViewGeometry, forward_views
+from sslbench.methods.losses import fp32, fp32_matmul
 from sslbench.methods.momentum import ema_update, momentum_copy
 from sslbench.methods.registry import register_method
 
@@ -170,14 +171,15 @@ def pixcontrast_loss(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, tempe
     + sum_{k in N_i} e^{cos(x_i, x'_k) / tau})]``, P_i / N_i the pixels of the other view of the
     same image that are / are not positives of pixel i. Averaged over the pixels i with at least
     one positive (the paper: the pixels of the first view in the intersection of the two views),
-    then over the images of the batch (an image without a positive pair adds 0).
+    then over the images of the batch (an image without a positive pair adds 0). The logits are
+    float32 (autocast off).
 
     Shape:
         q: (B, N1, C) online pixels; k: (B, N2, C) momentum pixels of the other view;
         mask: (B, N1, N2) bool; return: ().
     """
-    cos = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(1, 2)
-    logits = cos.to(torch.promote_types(cos.dtype, torch.float32)) / temperature  # bf16 -> fp32
+    q, k = fp32(q, k)
+    logits = fp32_matmul(F.normalize(q, dim=-1), F.normalize(k, dim=-1).transpose(1, 2)) / temperature
     valid = mask.any(dim=2)  # (B, N1): pixel i has a positive
     # Rows without a positive keep every logit (finite, then weighted 0) instead of all -inf.
     pos = torch.where(mask | ~valid[:, :, None], logits, torch.full_like(logits, float("-inf")))

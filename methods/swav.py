@@ -12,6 +12,7 @@ from torch import nn
 from sslbench.benchmark.distributed import gather_no_grad, is_initialized, reduce_over_ranks, world_size
 from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
+from sslbench.methods.losses import fp32, no_autocast
 from sslbench.methods.momentum import FeatureQueue
 from sslbench.methods.multicrop import count_global, crop_pairs
 from sslbench.methods.registry import register_method
@@ -61,6 +62,19 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, *
         q = q / (q.sum(dim=1, keepdim=True).clamp_min(tiny) * n)
         qs = qs / (qs.sum(dim=1, keepdim=True).clamp_min(tiny) * n)
     return q * n
+
+
+def prototype_scores(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """The scores ``z C^T`` of projections against the prototypes, in float32 with autocast off:
+    both the Sinkhorn step (``exp(s / 0.05)``) and the prediction (``softmax(s / 0.1)``) amplify
+    a bf16 rounding of s twenty- and tenfold.
+
+    Shape:
+        z: (B, D); prototypes: (K, D) (the bias-free linear layer's weight); return: (B, K).
+    """
+    z, prototypes = fp32(z, prototypes)
+    with no_autocast(z):
+        return F.linear(z, prototypes)
 
 
 def swapped_prediction_loss(scores: list[torch.Tensor], codes: list[torch.Tensor],
@@ -172,11 +186,11 @@ class SwAV(Method):
         if self.queue is not None and num_global != 2:
             raise ValueError(f"SwAV's queue holds 2 global views; the augmentation gives {num_global}")
         z = forward_views(lambda x: F.normalize(self.projector(self.encoder(x)), dim=1), views)
-        scores = [self.prototypes(v) for v in z]
+        scores = [prototype_scores(v, self.prototypes.weight) for v in z]
         use_queue = self.queue_ready(ctx)
         with torch.no_grad():
             codes = [sinkhorn(scores[t].detach(), self.cfg.epsilon, self.cfg.sinkhorn_iterations,
-                              shared=self.prototypes(self.queued(t)) if use_queue else None,
+                              shared=prototype_scores(self.queued(t), self.prototypes.weight) if use_queue else None,
                               distributed=self._distributed()) for t in range(num_global)]
         loss = swapped_prediction_loss(scores, codes, crop_pairs(num_global, len(views)), self.cfg.temperature)
         state = {"z": torch.cat(z[:num_global], dim=1).detach()} if self.queue is not None else {}
