@@ -12,7 +12,10 @@ broadcast-built grid; the horizontal flip is folded into the grid) -> colour jit
 contrast, saturation, hue) -> grayscale -> Gaussian blur -> solarize. :class:`BatchAugment` adds the
 uint8 -> float conversion and the normalisation; on CPU it runs each view in cache-sized chunks of
 images (the ops are memory-bound), with the parameters drawn for the whole batch first, so the
-result does not depend on the chunking.
+result does not depend on the chunking. On other devices it runs the views that share a pass
+(:func:`merge_groups`: e.g. SimCLR's or BYOL's two views) as one concatenated batch, which halves
+the kernel launches and gives the same views; it can return them directly in the model's dtype
+(bf16) and memory format (channels-last).
 
 Named recipes live in a registry (:func:`register_augment_recipe`, ``sslbench augmentations``).
 :func:`get_augment_recipe` also resolves *derived* names, so a sweep can ablate augmentations by
@@ -65,6 +68,7 @@ __all__ = [
     "get_augment_recipe",
     "grayscale",
     "list_augment_recipes",
+    "merge_groups",
     "normalize",
     "register_augment_recipe",
     "sample_view_params",
@@ -581,6 +585,11 @@ class ViewParams:
         """The parameters of the images ``index`` (a slice of the batch)."""
         return ViewParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    @staticmethod
+    def cat(params: Sequence[ViewParams]) -> ViewParams:
+        """The parameters of several batches as one batch (``torch.cat`` per field, in order)."""
+        return ViewParams(**{f.name: torch.cat([getattr(p, f.name) for p in params]) for f in fields(ViewParams)})
+
 
 #: Replaces RandomResizedCrop's box placement (ContrastiveCrop, ``benchmark/contrastive_crop.py``):
 #: ``(u, height, width, scale, ratio, generator) -> (B, 4)`` boxes, u as :func:`_crop_boxes` takes.
@@ -948,6 +957,100 @@ def apply_view(images: torch.Tensor, spec: ViewSpec, params: ViewParams, size: i
 
 
 # --------------------------------------------------------------------------------------------
+# Views that share one pass
+# --------------------------------------------------------------------------------------------
+
+
+def _jitter_ops(spec: ViewSpec) -> tuple[bool, bool, bool, bool]:
+    """Which of brightness, contrast, saturation, hue :func:`apply_view` runs for ``spec``."""
+    strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
+    on = tuple(spec.jitter_p > 0 and s > 0 for s in strengths)
+    return on[0], on[1], on[2], on[3]
+
+
+@dataclass
+class _Group:
+    """The views of one shared pass and what their ops must agree on."""
+
+    size: int
+    jitter: tuple[bool, bool, bool, bool]
+    blur_kernel: int | None  # the kernel side of the views with blur_p > 0; None: no such view yet
+    threshold: float | None  # the solarize threshold of the views with solarize_p > 0; idem
+    members: list[int]
+
+    def admits(self, spec: ViewSpec, size: int) -> bool:
+        if size != self.size or _jitter_ops(spec) != self.jitter:
+            return False
+        kernel = blur_kernel_size(size, spec.blur_kernel_frac)
+        if spec.blur_p > 0 and self.blur_kernel is not None and kernel != self.blur_kernel:
+            return False
+        return not (spec.solarize_p > 0 and self.threshold is not None and spec.solarize_threshold != self.threshold)
+
+    def add(self, v: int, spec: ViewSpec) -> None:
+        self.members.append(v)
+        if spec.blur_p > 0:
+            self.blur_kernel = blur_kernel_size(self.size, spec.blur_kernel_frac)
+        if spec.solarize_p > 0:
+            self.threshold = spec.solarize_threshold
+
+
+def merge_groups(views: Sequence[ViewSpec], sizes: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Partitions views into groups that :class:`BatchAugment` can run as one batch, bit-identically.
+
+    :func:`apply_view` on the concatenation of a group's images and parameters gives each view's
+    pixels exactly as the view alone when the group's views
+        * have the same output side;
+        * run the same colour jitter ops (brightness, contrast, saturation, hue each enabled,
+          i.e. ``jitter_p > 0`` and its strength > 0, in all or none): an identity factor is not
+          guaranteed to leave pixels unchanged (the clamp), so these ops cannot be unioned;
+        * blur with one kernel side among the views with ``blur_p > 0``;
+        * solarize at one threshold among the views with ``solarize_p > 0``.
+    Flip, grayscale, blur and solarize are unioned: they are selected per image (``torch.where`` or,
+    for the flip, a mirrored grid) and a view whose probability is 0 draws all-False masks, which
+    pick the unchanged pixels. The blur's sigma range, the crop ranges and the jitter
+    probabilities and strengths need not match: they only enter the drawn parameters.
+
+    Views are taken in order, each joining the first group that admits it, so SimCLR's two views,
+    and BYOL's asymmetric ones (blur p 1.0 / 0.1, solarize p 0 / 0.2), form one group, and a
+    multi-crop recipe forms one group of global and one of local views.
+
+    Args:
+        views: the views' specs.
+        sizes: each view's output side (:attr:`BatchAugment.view_sizes`).
+
+    Returns:
+        The groups as tuples of view indices, ascending within a group, groups ordered by their
+        first view; every view is in exactly one.
+    """
+    if len(views) != len(sizes):
+        raise ValueError(f"merge_groups needs one size per view, got {len(views)} views and {len(sizes)} sizes.")
+    groups: list[_Group] = []
+    for v, (spec, size) in enumerate(zip(views, sizes)):
+        group = next((g for g in groups if g.admits(spec, size)), None)
+        if group is None:
+            group = _Group(size, _jitter_ops(spec), None, None, [])
+            groups.append(group)
+        group.add(v, spec)
+    return tuple(tuple(g.members) for g in groups)
+
+
+def _merged_spec(specs: Sequence[ViewSpec]) -> ViewSpec:
+    """One spec whose :func:`apply_view` runs the ops of all of ``specs`` (a :func:`merge_groups` group)."""
+    first = specs[0]
+    blur = next((s for s in specs if s.blur_p > 0), first)
+    sol = next((s for s in specs if s.solarize_p > 0), first)
+    return replace(
+        first,  # its jitter fields: the group's views agree on which jitter ops run
+        flip_p=max(s.flip_p for s in specs),
+        grayscale_p=max(s.grayscale_p for s in specs),
+        blur_p=blur.blur_p,
+        blur_kernel_frac=blur.blur_kernel_frac,
+        solarize_p=sol.solarize_p,
+        solarize_threshold=sol.solarize_threshold,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------------------------
 
@@ -971,13 +1074,30 @@ class BatchAugment:
     """Applies an :class:`AugmentRecipe` to a uint8 batch, on the batch's device.
 
     Each call draws fresh, independent parameters for every image and view from ``generator``;
-    the same generator state gives the same views.
+    the same generator state gives the same views. The parameters are drawn view by view, in order,
+    whichever path below runs the ops, so the random stream does not depend on it.
+
+    Two ways to run the ops, with bit-identical views on CPU:
+        * per view: each view's pipeline on its own batch; on CPU in cache-sized chunks of images.
+        * merged: the views of each :func:`merge_groups` group (e.g. SimCLR's or BYOL's two views,
+          a multi-crop recipe's global and its local views) as ONE batch (the images repeated per
+          view, the parameters concatenated), then split back into views: half the kernel
+          launches for two views, which dominate a GPU step's augmentation time at small images.
 
     Args:
         recipe: the views to produce.
         mean: per-channel normalisation mean (on the [0, 1] scale).
         std: per-channel normalisation std.
         image_size: the dataset's image side; views with ``size=None`` use it (× relative_size).
+        merge_views: run the views merged (True) or per view (False); None: merged on every
+            device but the CPU, where the chunked per-view path is the faster one.
+        out_dtype: the views' floating dtype (e.g. ``torch.bfloat16`` for a bf16 model); the
+            pipeline and the normalisation run in float32 and the result is converted once.
+        channels_last: return the views in ``torch.channels_last`` memory format (for a
+            convolutional model that runs channels-last), converted in the same single copy.
+
+    Raises:
+        ValueError: bad mean / std / image_size, or an ``out_dtype`` that is not floating point.
 
     Example:
         >>> aug = BatchAugment(get_augment_recipe("simclr-small"), (0.5,), (0.25,), 28)
@@ -985,7 +1105,9 @@ class BatchAugment:
         >>> v1, v2 = aug(torch.zeros(8, 1, 28, 28, dtype=torch.uint8), g)
     """
 
-    def __init__(self, recipe: AugmentRecipe, mean: Sequence[float], std: Sequence[float], image_size: int) -> None:
+    def __init__(self, recipe: AugmentRecipe, mean: Sequence[float], std: Sequence[float], image_size: int,
+                 *, merge_views: bool | None = None, out_dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False) -> None:
         self.recipe = recipe
         self.mean = _stats(mean, "mean")
         self.std = _stats(std, "std")
@@ -993,14 +1115,30 @@ class BatchAugment:
             raise ValueError(f"mean {mean!r} and std {std!r} need the same length and std > 0.")
         if not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}.")
+        if merge_views is not None and not isinstance(merge_views, bool):
+            raise ValueError(f"merge_views must be True, False or None (auto), got {merge_views!r}.")
+        if not isinstance(out_dtype, torch.dtype) or not out_dtype.is_floating_point:
+            raise ValueError(f"out_dtype must be a floating-point torch.dtype, got {out_dtype!r}.")
+        if not isinstance(channels_last, bool):
+            raise ValueError(f"channels_last must be a bool, got {channels_last!r}.")
         self.image_size = image_size
         self.view_sizes: tuple[int, ...] = tuple(v.output_size(image_size) for v in recipe.views)
+        self.merge_views = merge_views
+        self.out_dtype = out_dtype
+        self.channels_last = channels_last
+        #: The views that share a pass on the merged path (:func:`merge_groups`).
+        self.view_groups: tuple[tuple[int, ...], ...] = merge_groups(recipe.views, self.view_sizes)
+        self._merged_specs = {g: _merged_spec([recipe.views[v] for v in g]) for g in self.view_groups if len(g) > 1}
         self._stats_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def num_views(self) -> int:
         """Views per image."""
         return len(self.recipe.views)
+
+    def merges_on(self, device: torch.device) -> bool:
+        """Whether calls on ``device`` take the merged path."""
+        return self.merge_views if self.merge_views is not None else device.type != "cpu"
 
     @overload
     def __call__(self, images: torch.Tensor, generator: torch.Generator,
@@ -1032,7 +1170,9 @@ class BatchAugment:
 
         Shape:
             images: (B, C, H, W), C in {1, 3}
-            return: one (B, C, s_v, s_v) float32 tensor per view, s_v = ``self.view_sizes[v]``.
+            return: one (B, C, s_v, s_v) tensor per view, s_v = ``self.view_sizes[v]``, of dtype
+            ``self.out_dtype`` (channels-last with ``self.channels_last``); on the merged path the
+            views of a group are consecutive slices of one tensor.
         """
         _check_uint8_batch(images)
         device = images.device
@@ -1055,25 +1195,48 @@ class BatchAugment:
                 for v in view_images)):
             raise ValueError(f"view_images needs {self.num_views} uint8 batches of shape "
                              f"{tuple(images.shape)} on {device}.")
+        # All draws first, view by view as the ops never draw: the stream is the same on both paths.
+        all_params = [sample_view_params(spec, b, height, width, generator, crop_sampler)  # whole batch
+                      for spec in self.recipe.views]
+        groups = self.view_groups if self.merges_on(device) else tuple((v,) for v in range(self.num_views))
         x = images.to(torch.float32).div_(255.0) if view_images is None else images
-        views, all_params = [], []
-        for v, (spec, size) in enumerate(zip(self.recipe.views, self.view_sizes)):
-            if view_images is not None:
-                x = view_images[v].to(torch.float32).div_(255.0)
-            params = sample_view_params(spec, b, height, width, generator, crop_sampler)  # whole batch
-            all_params.append(params)
-            chunk = b if device.type != "cpu" else max(8, CPU_CHUNK_VALUES // (c * max(size, height, width) ** 2))
-            if chunk >= b:
-                views.append(normalize(apply_view(x, spec, params, size), mean, std))
-                continue
-            # On CPU, chunks whose temporaries stay in cache are several times faster than one
-            # pass over the batch (the ops are memory-bound; e.g. hue 28 ms -> 6 ms for 512x3x32x32).
-            out = torch.empty((b, c, size, size), dtype=torch.float32, device=device)
-            for start in range(0, b, chunk):
-                rows = slice(start, start + chunk)
-                out[rows] = normalize(apply_view(x[rows], spec, params.rows(rows), size), mean, std)
-            views.append(out)
+        views: list[torch.Tensor] = [x] * self.num_views  # placeholders, all replaced
+        for group in groups:
+            if len(group) == 1:
+                spec, params = self.recipe.views[group[0]], all_params[group[0]]
+                source = x if view_images is None else view_images[group[0]].to(torch.float32).div_(255.0)
+            else:
+                spec, params = self._merged_specs[group], ViewParams.cat([all_params[v] for v in group])
+                if view_images is None:
+                    source = x.repeat(len(group), 1, 1, 1)
+                else:
+                    source = torch.cat([view_images[v] for v in group]).to(torch.float32).div_(255.0)
+            out = self._run(source, spec, params, self.view_sizes[group[0]], mean, std)
+            for v, view in zip(group, out.split(b) if len(group) > 1 else (out,)):
+                views[v] = view
         return (views, all_params) if return_params else views
+
+    def _run(self, x: torch.Tensor, spec: ViewSpec, params: ViewParams, size: int,
+             mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """``normalize(apply_view(x, ...))`` in float32, as ``out_dtype`` / channels-last; on CPU in
+        chunks of images.
+
+        Shape:
+            x: (N, C, H, W) float32 in [0, 1]
+            return: (N, C, size, size)
+        """
+        n, c, height, width = x.shape
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        chunk = n if x.device.type != "cpu" else max(8, CPU_CHUNK_VALUES // (c * max(size, height, width) ** 2))
+        if chunk >= n:
+            return normalize(apply_view(x, spec, params, size), mean, std).to(self.out_dtype, memory_format=layout)
+        # On CPU, chunks whose temporaries stay in cache are several times faster than one
+        # pass over the batch (the ops are memory-bound; e.g. hue 28 ms -> 6 ms for 512x3x32x32).
+        out = torch.empty((n, c, size, size), dtype=self.out_dtype, device=x.device, memory_format=layout)
+        for start in range(0, n, chunk):
+            rows = slice(start, start + chunk)
+            out[rows] = normalize(apply_view(x[rows], spec, params.rows(rows), size), mean, std)
+        return out
 
     def __repr__(self) -> str:
         return f"BatchAugment(recipe={self.recipe.name!r}, view_sizes={self.view_sizes})"
