@@ -24,9 +24,26 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
     Buffers (BN running statistics) are left alone, as in MoCo's ``_momentum_update_key_encoder``
     and lightly's ``update_momentum``: the target keeps statistics of its own forward passes.
+
+    Two multi-tensor kernels (``_foreach_mul_``, then ``_foreach_add_`` with ``alpha = 1 - m``)
+    instead of two launches per parameter; the same operations as
+    ``t.mul_(m).add_(o, alpha=1 - m)`` parameter by parameter (``lerp_`` would round differently).
+
+    Raises:
+        ValueError: the two modules' parameters differ in number or shape (pairing them would
+            silently drop or misalign some).
     """
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
+    targets: list[torch.Tensor] = list(target.parameters())
+    onlines: list[torch.Tensor] = list(online.parameters())
+    if len(targets) != len(onlines):
+        raise ValueError(f"EMA target has {len(targets)} parameters, the online network {len(onlines)}")
+    for i, (t, o) in enumerate(zip(targets, onlines)):
+        if t.shape != o.shape:
+            raise ValueError(f"EMA parameter {i}: target shape {tuple(t.shape)}, online {tuple(o.shape)}")
+    if not targets:
+        return
+    torch._foreach_mul_(targets, momentum)
+    torch._foreach_add_(targets, onlines, alpha=1.0 - momentum)
 
 
 class FeatureQueue(nn.Module):

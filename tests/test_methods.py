@@ -133,6 +133,39 @@ def test_ema_closed_form_after_k_steps():
         assert torch.allclose(target.state_dict()[key], expected, atol=1e-6)
 
 
+def test_ema_update_is_bit_identical_to_the_per_parameter_loop():
+    """The foreach kernels do exactly ``t.mul_(m).add_(o, alpha=1 - m)`` per parameter (a conv
+    backbone with BN and a head: many shapes), step after step; buffers are left alone."""
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("small-cnn", 1, 16)
+    online = torch.nn.Sequential(backbone, mlp(dim, 32, 8))
+    target, naive = copy.deepcopy(online), copy.deepcopy(online)
+    buffers = {n: b.clone() for n, b in target.named_buffers()}
+    with torch.no_grad():
+        for b in online.buffers():  # the online statistics must not leak into the target
+            b.add_(1)
+        for p in online.parameters():
+            p.add_(torch.randn_like(p))
+        for step, m in enumerate((0.996, 0.9, 0.5, cosine_momentum(3, 10, 0.99))):
+            ema_update(target, online, m)
+            for t, o in zip(naive.parameters(), online.parameters()):
+                t.mul_(m).add_(o, alpha=1.0 - m)
+            for (name, a), b in zip(target.state_dict().items(), naive.state_dict().values()):
+                assert torch.equal(a, b), f"step {step}: {name}"
+    assert buffers and all(torch.equal(b, buffers[n]) for n, b in target.named_buffers())
+
+
+def test_ema_update_refuses_mismatched_networks():
+    """zip would silently pair the first parameters only: a different count or shape is an error."""
+    with pytest.raises(ValueError, match="parameters"):
+        ema_update(torch.nn.Linear(3, 2), torch.nn.Linear(3, 2, bias=False), 0.9)
+    with pytest.raises(ValueError, match="shape"):
+        ema_update(torch.nn.Linear(3, 2), torch.nn.Linear(2, 3), 0.9)
+    with pytest.raises(ValueError, match="parameters"):
+        ema_update(torch.nn.Sequential(torch.nn.Linear(3, 3)), torch.nn.Sequential(torch.nn.Linear(3, 3),
+                                                                                 torch.nn.Linear(3, 3)), 0.9)
+
+
 def test_byol_target_follows_cosine_momentum():
     method = small("byol")
     online0 = copy.deepcopy(method.encoder.state_dict())
