@@ -1167,3 +1167,35 @@ def _load_synthetic(split: str, *, data_dir: Path | None, download: bool,
     ds = make_synthetic(split=split)
     # Both splits report the training split's statistics, as the real datasets do.
     return replace(ds, info=dataset_info("synthetic"))
+
+
+#: ``synthetic-cifar``: CIFAR-10's shapes (50,000 / 10,000 RGB images of 32 px, 10 classes), generated.
+SYNTHETIC_CIFAR = {"train": 5000, "test": 1000}  # images per class
+
+
+@register_dataset(
+    "synthetic-cifar",
+    info=DatasetInfo(
+        name="synthetic-cifar",
+        image_size=32,
+        channels=3,
+        num_classes=10,
+        mean=(0.2767, 0.2767, 0.2767),  # measured on the generated training split
+        std=(0.1720, 0.1730, 0.1731),
+        in_memory=True,
+        source="generated: make_synthetic(10 classes, 5,000 / 1,000 per class, 32 px, RGB, seed 0), "
+               "CIFAR-10's shapes for speed benchmarks (bench_train); nothing is downloaded",
+    ),
+    splits=("train", "test"),
+)
+def _load_synthetic_cifar(split: str, *, data_dir: Path | None, download: bool,
+                          image_size: int | None, num_workers: int) -> ArrayDataset:
+    return _synthetic_cifar(split)
+
+
+@functools.lru_cache(maxsize=2)
+def _synthetic_cifar(split: str) -> ArrayDataset:
+    """Generated once per process (seconds for 50,000 images): a benchmark builds many runs on it.
+    The split is immutable (``to`` and ``subset`` return copies), so sharing it is safe."""
+    ds = make_synthetic(10, SYNTHETIC_CIFAR[split], 32, 3, seed=0, split=split)
+    return replace(ds, info=dataset_info("synthetic-cifar"))

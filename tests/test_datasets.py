@@ -590,3 +590,16 @@ def test_imagefolder_val_classes_use_train_mapping(tmp_path: Path) -> None:
     (tmp_path / "val" / "cat").rmdir()
     ds = D.load_dataset("imagefolder", "val", data_dir=str(tmp_path), num_workers=0)
     assert ds.classes == ("cat", "dog") and ds.labels.tolist() == [1, 1, 1]
+
+
+@pytest.mark.slow
+def test_synthetic_cifar_has_cifar_shapes_and_its_declared_statistics() -> None:
+    train = D.load_dataset("synthetic-cifar", "train")
+    assert train.images.shape == (50_000, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert torch.bincount(train.labels).tolist() == [5000] * 10
+    assert len(D.load_dataset("synthetic-cifar", "test")) == 10_000
+    measured = D.make_synthetic(10, 5000, 32, 3, seed=0, split="train").info
+    assert measured.mean == pytest.approx(train.info.mean, abs=1e-4)
+    assert measured.std == pytest.approx(train.info.std, abs=1e-4)
+    again = D.load_dataset("synthetic-cifar", "train")
+    assert torch.equal(again.images[:64], train.images[:64])  # deterministic
