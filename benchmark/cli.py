@@ -24,16 +24,43 @@ if TYPE_CHECKING:  # imported lazily at run time, to keep `sslbench --help` fast
 EXIT_USER_ERROR = 2
 
 
+#: ``--tracking-uri none`` (any case) turns MLflow off, as ``--no-mlflow`` does.
+NO_TRACKING_URI = "none"
+#: The subcommands that run without MLflow; the others read their runs back from it.
+_TRACKING_OPTIONAL = ("pretrain", "eval")
+
+
+def _tracking_off(args: argparse.Namespace) -> bool:
+    """``--no-mlflow`` or ``--tracking-uri none``: no MLflow at all (it is not even imported)."""
+    uri = getattr(args, "tracking_uri", None)
+    return bool(getattr(args, "no_mlflow", False)) or (isinstance(uri, str)
+                                                       and uri.strip().lower() == NO_TRACKING_URI)
+
+
 def _tracking(args: argparse.Namespace) -> Tracking | None:
+    if _tracking_off(args):
+        return None
     from sslbench.benchmark.engine import Tracking
 
-    return None if getattr(args, "no_mlflow", False) else Tracking(args.tracking_uri, args.experiment)
+    return Tracking(args.tracking_uri, args.experiment)
 
 
-def _add_tracking(p: argparse.ArgumentParser) -> None:
+def _check_tracking(args: argparse.Namespace) -> None:
+    """Refuses MLflow off for a subcommand that cannot run without it, before it starts."""
+    if _tracking_off(args) and args.command not in _TRACKING_OPTIONAL:
+        raise SSLBenchError(f"`sslbench {args.command}` reads its runs back from MLflow, but "
+                            "--tracking-uri none / --no-mlflow turns MLflow off.",
+                            f"Drop it, or point --tracking-uri at a store (only {' and '.join(_TRACKING_OPTIONAL)} "
+                            "run without MLflow).")
+
+
+def _add_tracking(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)")
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlruns.db)"
+                        + ("; 'none': no MLflow at all" if optional else ""))
     p.add_argument("--experiment", default="sslbench", help="MLflow experiment (default: sslbench)")
+    if optional:
+        p.add_argument("--no-mlflow", action="store_true", help="log nothing (the same as --tracking-uri none)")
 
 
 def _protocol_names(text: str) -> list[str]:
@@ -455,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(e.g. knn-k200-t0.1,knn-k20-t0.07,linear)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    _add_tracking(p)
+    _add_tracking(p, optional=True)
     p.set_defaults(fn=cmd_pretrain)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint under protocols")
@@ -475,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    _add_tracking(p)
+    _add_tracking(p, optional=True)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("subset", help="write a class-balanced labelled subset file (semi-supervised splits)")
@@ -574,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_tracking(args)
         return int(args.fn(args) or 0)
     except SSLBenchError as exc:
         print(f"sslbench: error: {exc}", file=sys.stderr)
