@@ -306,3 +306,25 @@ def test_compiled_run_trains_like_eager_and_reports_compile_time(tmp_path):
 
     encoder, _ = load_encoder(comp.checkpoint)  # a compiled run's checkpoint loads as any other
     assert encoder(torch.zeros(2, 1, 16, 16)).shape[0] == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CPU resume is exact without it)")
+@pytest.mark.parametrize("method", ["simclr", "mocov2", "byol"])
+def test_cuda_resume_is_bit_identical_with_deterministic(tmp_path, method):
+    extra = ["train.device=cuda", "train.deterministic=true", "train.async_checkpoint=on", "train.checkpoint_every=1"]
+    cfg = resolve(f"{method}-quick", ["data.dataset=synthetic", "data.batch_size=32", "train.epochs=3",
+                                      "augment=simclr-small", *HEADS[method], *extra])
+    full = pretrain(cfg, tmp_path / "full", tracking=None, progress=False)
+    pretrain(cfg, tmp_path / "part", tracking=None, progress=False, stop_after_epochs=1)
+    resumed = pretrain(cfg, tmp_path / "part", resume=True, tracking=None, progress=False)
+    _same_weights(full.checkpoint, resumed.checkpoint)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_run_trains_with_every_switch(tmp_path):
+    cfg = resolve("simclr-quick", ["data.dataset=synthetic", "data.batch_size=32", "train.epochs=2",
+                                   "train.device=cuda", "train.precision=bf16", "train.cudnn_benchmark=on",
+                                   "train.foreach=on", "train.async_checkpoint=on", "optim.name=lars"])
+    result = pretrain(cfg, tmp_path / "r", tracking=None, progress=False)
+    history = load_checkpoint(result.checkpoint)["history"]
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["train/loss"])) for h in history)
