@@ -248,10 +248,12 @@ def simclr_similarities(z1: torch.Tensor, z2: torch.Tensor, *, all_z1: torch.Ten
     own = torch.cat([rows[:n] + offset, rows[:n] + m + offset])  # anchor i's own column
     partner = torch.cat([own[n:], own[:n]])  # the other view of the same image
     pos = sims[rows, partner]
-    keep = torch.ones_like(sims, dtype=torch.bool)
-    keep[rows, own] = False
-    keep[rows, partner] = False
-    neg = sims[keep].view(2 * n, 2 * m - 2)
+    # Every column but those two, in order, gathered (a boolean mask would make the host wait
+    # for the device to count the kept entries): with lo < hi the row's two excluded columns,
+    # the j-th kept column is j + [j >= lo] + [j >= hi - 1].
+    lo, hi = torch.minimum(own, partner)[:, None], torch.maximum(own, partner)[:, None]
+    j = torch.arange(2 * m - 2, device=u.device)
+    neg = sims.gather(1, j + (j >= lo).long() + (j >= hi - 1).long())
     if extra_negatives is not None:
         (extra,) = fp32(extra_negatives.detach())
         neg = torch.cat([neg, fp32_matmul(u, F.normalize(extra, dim=1).T)], dim=1)
@@ -410,8 +412,8 @@ def align_uniform(pos: torch.Tensor, neg: torch.Tensor, alpha: float = 2.0, t: f
     """
     pos, neg = fp32(pos, neg)  # the exponentials overflow in half precision
     align = (2 - 2 * pos).clamp_min(0).pow(alpha / 2).mean()
-    uniform = torch.logsumexp((2 * t * (neg - 1)).flatten(), dim=0) - torch.log(
-        torch.tensor(float(neg.numel()), dtype=neg.dtype, device=neg.device))
+    count = torch.full((), float(neg.numel()), dtype=neg.dtype, device=neg.device)  # no host copy
+    uniform = torch.logsumexp((2 * t * (neg - 1)).flatten(), dim=0) - torch.log(count)
     return align + weight * uniform
 
 
