@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sslbench.benchmark.distributed import gather_with_grad, is_initialized
-from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
+from sslbench.methods.base import LogValue, Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.registry import register_method
 
@@ -135,8 +135,8 @@ class BarlowTwins(Method):
         return StepOutput(loss=loss, logs={"on_diag": on_diag})
 
     @torch.no_grad()
-    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
-        return {k: float(v) for k, v in out.logs.items()}
+    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, LogValue]:
+        return dict(out.logs)  # this step's values again, as 0-d tensors (no sync)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Weights (LARS, weight decay), and biases + BN parameters at ``bias_lr_scale`` times

@@ -10,6 +10,11 @@ Every method is an ``nn.Module`` subclass of :class:`Method` that
   last layer are frozen in the first epoch), called between ``backward`` and the optimiser step;
 * applies its per-step state changes (EMA targets, queues, memory banks) in
   :meth:`Method.on_step_end`, which the engine calls after the optimiser step;
+* never waits for the device inside a step (no ``.item()``, ``float(tensor)``, ``.tolist()``,
+  ``bool(tensor)`` or ``if tensor:`` in ``training_step``, ``before_optimizer_step`` or
+  ``on_step_end``): values to log stay 0-d tensors (the engine converts them once per epoch), and
+  a decision that depends on state (is the queue full, is the normaliser estimated) reads a
+  Python-side copy of it (:meth:`Method.host_value`);
 * exposes :meth:`Method.param_groups` (biases and norms excluded from weight decay and LARS).
 
 Methods that learn from more than two augmented views say what else they need, once for all:
@@ -34,15 +39,20 @@ registered buffer, so ``state_dict()`` captures it and resume is exact.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
     from sslbench.methods.encoders import EncoderSpec
+
+T = TypeVar("T")
+#: a logged value: a Python number, or a detached 0-d tensor left on the device (the engine
+#: converts both once per epoch, so a step never waits for the device to log).
+LogValue = float | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,8 @@ class StepOutput:
 
     Attributes:
         loss: the scalar to minimise.
-        logs: scalars to log (floats or 0-d tensors, detached by the engine).
+        logs: scalars to log: floats or 0-d tensors (detached; left on the device, never turned
+            into Python numbers in the step); the engine converts them once per epoch.
         state: tensors the per-step hook needs (e.g. keys to enqueue), never logged.
     """
 
@@ -228,6 +239,24 @@ class Method(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.feature_dim = feature_dim
+        self._host_values: dict[str, Any] = {}
+        self.register_load_state_dict_post_hook(_forget_host_values)
+
+    def host_value(self, key: str, read: Callable[[], T]) -> T:
+        """A Python-side copy of some of the method's device state (e.g. a buffer that says
+        whether a queue is full), so that a step can branch on it without waiting for the
+        device: ``read()`` (which may sync) runs the first time only; :meth:`set_host_value`
+        keeps the copy in step with the buffer; ``load_state_dict`` forgets every copy (the
+        next read takes the loaded buffers'). A method that writes such a buffer must call
+        :meth:`set_host_value` with the value it wrote."""
+        if key not in self._host_values:
+            self._host_values[key] = read()
+        value: T = self._host_values[key]
+        return value
+
+    def set_host_value(self, key: str, value: Any) -> None:
+        """Records the Python-side copy of device state that the method has just written."""
+        self._host_values[key] = value
 
     def forward(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
         """Same as :meth:`training_step`: the engine calls the method (or its
@@ -264,8 +293,9 @@ class Method(nn.Module):
         """Edits gradients after ``backward`` and before the optimiser step (default: nothing)."""
 
     @torch.no_grad()
-    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
-        """Per-step state update after the optimiser step (EMA, queues); returns values to log.
+    def on_step_end(self, out: StepOutput, ctx: StepContext) -> Mapping[str, LogValue]:
+        """Per-step state update after the optimiser step (EMA, queues); returns values to log:
+        floats or 0-d tensors (never synced here); the engine converts them once per epoch.
 
         Args:
             out: this step's :class:`StepOutput`.
@@ -286,3 +316,9 @@ class Method(nn.Module):
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
         return groups
+
+
+def _forget_host_values(module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post-hook: the loaded buffers replace what the copies mirrored."""
+    assert isinstance(module, Method)
+    module._host_values.clear()

@@ -335,7 +335,9 @@ class CMC(Method):
             loss = cmc_memory_loss(z, self.memory, cols, cfg.temperature, cfg.graph, "softmax")
             return StepOutput(loss=loss, state=state)
         z_norm = self.normalizer
-        if bool((z_norm < 0).any()):  # the repo: Z = N * mean(exp(s)) on the first batch, then fixed
+        # The repo: Z = N * mean(exp(s)) on the first batch, then fixed. Whether it is known comes
+        # from a Python-side copy of "normalizer >= 0" (read once per build or load, not every step).
+        if not self.host_value("normalizer_known", lambda: not bool((self.normalizer < 0).any())):
             z_norm = torch.ones_like(self.normalizer)
             with torch.no_grad():
                 for i, j in view_pairs(len(z), cfg.graph):
@@ -363,4 +365,5 @@ class CMC(Method):
             self.memory[v].index_copy_(0, idx, F.normalize(lam * self.memory[v, idx] + (1 - lam) * feats[v], dim=1))
         if "normalizer" in out.state:
             self.normalizer.copy_(out.state["normalizer"])
+            self.set_host_value("normalizer_known", True)
         return {}

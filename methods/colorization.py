@@ -309,7 +309,7 @@ class Colorization(Method):
 
     @torch.no_grad()
     def on_epoch_start(self, ctx: StepContext, data: EpochData) -> dict[str, float]:
-        if bool(self.prior_ready):  # once per run; a resumed run has it in its checkpoint
+        if self._prior_ready():  # once per run; a resumed run has it in its checkpoint
             return {}
         counts = torch.zeros(self.centres.shape[0], dtype=torch.float64, device=self.centres.device)
         for images, _ in data.batches(256):
@@ -320,12 +320,17 @@ class Colorization(Method):
         self.prior.copy_(prior)
         self.class_weights.copy_(rebalancing_weights(prior, self.cfg.rebalance_lambda))
         self.prior_ready.fill_(True)
+        self.set_host_value("prior_ready", True)
         entropy = -(prior * prior.clamp_min(1e-12).log()).sum()
         return {"color_prior_perplexity": math.exp(float(entropy)),
                 "color_weight_max": float(self.class_weights.max())}
 
+    def _prior_ready(self) -> bool:
+        """``prior_ready`` from a Python-side copy (read once per build or load, not every step)."""
+        return self.host_value("prior_ready", lambda: bool(self.prior_ready))
+
     def training_step(self, views: list[torch.Tensor], ctx: StepContext) -> StepOutput:
-        if not bool(self.prior_ready):
+        if not self._prior_ready():
             raise RuntimeError("Colorization's class-rebalancing prior is computed in on_epoch_start "
                                "(the engine calls it before each epoch); it was not called")
         x = views[0]

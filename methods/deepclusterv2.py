@@ -241,7 +241,9 @@ class DeepClusterV2(Method):
         z = forward_views(self.project, views)
         scores = prototype_scores(z, self.prototypes())
         targets = self.assignments[:, idx]
-        if (targets < 0).any():  # the engine clusters before every epoch: a caller skipped it
+        # The engine clusters before every epoch (every image assigned): a caller skipped it.
+        # Read from a Python-side copy (once per build or load), not from the device every step.
+        if not self.host_value("assigned", lambda: not bool((self.assignments < 0).any())):
             raise RuntimeError("DeepCluster-v2 has no cluster assignment for some images of this batch: "
                                "on_epoch_start (the k-means over the memory bank) must run before the "
                                "epoch's first step.")
@@ -285,4 +287,5 @@ class DeepClusterV2(Method):
             protos.copy_(centroids)
             self.assignments[h].copy_(assign)
             used.append(torch.unique(assign).numel() / k)
+        self.set_host_value("assigned", True)  # k-means assigns every row of the bank
         return {"kmeans_used_clusters": sum(used) / len(used)}

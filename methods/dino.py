@@ -11,7 +11,7 @@ from torch import nn
 
 from sslbench.benchmark.distributed import is_initialized, mean_over_ranks
 from sslbench.benchmark.schedules import cosine_momentum
-from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
+from sslbench.methods.base import LogValue, Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import DINOHead
 from sslbench.methods.momentum import ema_update, momentum_copy
 from sslbench.methods.multicrop import count_global, crop_pairs
@@ -159,7 +159,7 @@ class DINO(Method):
                 p.grad = None
 
     @torch.no_grad()
-    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
+    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, LogValue]:
         batch_center = out.state["batch_center"]
         if self.cfg.gather_distributed and is_initialized():
             batch_center = mean_over_ranks(batch_center)  # equal batches per rank: the global mean
@@ -167,4 +167,4 @@ class DINO(Method):
         m = cosine_momentum(ctx.step, ctx.total_steps, self.cfg.base_momentum)
         ema_update(self.teacher_encoder, self.encoder, m)
         ema_update(self.teacher_head, self.head, m)
-        return {"ema_momentum": m, "teacher_temp": float(out.logs["teacher_temp"])}
+        return {"ema_momentum": m, "teacher_temp": out.logs["teacher_temp"]}  # the schedule's float

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslbench.benchmark.augment import adjust_hue, grayscale
-from sslbench.benchmark.color import unnormalize
+from sslbench.benchmark.color import device_constant, unnormalize
 from sslbench.methods.base import EpochData, InputSpec, Method, StepContext, StepOutput
 from sslbench.methods.heads import mlp
 from sslbench.methods.registry import register_method
@@ -71,7 +71,7 @@ def image_uniforms(indices: torch.Tensor, seed: int) -> torch.Tensor:
     for i in indices.tolist():
         g = torch.Generator().manual_seed((seed * 1_000_003 + int(i) * 15_485_863 + 7) % (2**63 - 1))
         draws.append(float(torch.rand((), generator=g, dtype=torch.float64)))
-    return torch.tensor(draws, dtype=torch.float64, device=indices.device)
+    return torch.tensor(draws, dtype=torch.float64).to(indices.device)
 
 
 def sample_patch_positions(images: torch.Tensor, patch: int, uniforms: torch.Tensor) -> torch.Tensor:
@@ -287,6 +287,20 @@ class Exemplar(Method):
         self.register_buffer("pixel_mean", torch.tensor(input_spec.mean, dtype=torch.float32))
         self.register_buffer("pixel_pcs", torch.eye(c))
         self.register_buffer("pca_ready", torch.tensor(False))
+        self._uniform_tables: dict[tuple[int, str], torch.Tensor] = {}
+
+    def batch_uniforms(self, indices: torch.Tensor, seed: int) -> torch.Tensor:
+        """:func:`image_uniforms` of the batch, gathered on the device from a table of every
+        image's number (built on the host once per seed and device), so a step reads no indices
+        back from the device.
+
+        Shape:
+            indices: (B,) int64 in [0, num_samples); return: (B,) float64 on the indices' device.
+        """
+        key = (seed, str(indices.device))
+        if key not in self._uniform_tables:
+            self._uniform_tables[key] = image_uniforms(torch.arange(self.num_samples), seed).to(indices.device)
+        return self._uniform_tables[key][indices]
 
     def seed_patch_side(self, image_size: int) -> int:
         """The seed patch's side in pixels for images of ``image_size`` px."""
@@ -294,7 +308,7 @@ class Exemplar(Method):
 
     @torch.no_grad()
     def on_epoch_start(self, ctx: StepContext, data: EpochData) -> dict[str, float]:
-        if bool(self.pca_ready):
+        if self._pca_ready():
             return {}
         c = self.input_spec.channels
         n, total, outer = 0, torch.zeros(c, dtype=torch.float64), torch.zeros(c, c, dtype=torch.float64)
@@ -310,7 +324,12 @@ class Exemplar(Method):
         self.pixel_mean.copy_(mean)
         self.pixel_pcs.copy_(vectors.flip(1))  # largest component first
         self.pca_ready.fill_(True)
+        self.set_host_value("pca_ready", True)
         return {}
+
+    def _pca_ready(self) -> bool:
+        """``pca_ready`` from a Python-side copy (read once per build or load, not every step)."""
+        return self.host_value("pca_ready", lambda: bool(self.pca_ready))
 
     def make_patches(self, views: list[torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """The K transformed seed patches of every image (normalised) and their surrogate labels
@@ -322,7 +341,7 @@ class Exemplar(Method):
         if ctx.indices is None:
             raise ValueError("Exemplar-CNN needs the batch's dataset indices (StepContext.indices): "
                              "they are the surrogate classes")
-        if not bool(self.pca_ready):
+        if not self._pca_ready():
             raise RuntimeError("Exemplar-CNN's pixel principal components are computed in on_epoch_start "
                                "(the engine calls it before each epoch); it was not called")
         x = views[0]
@@ -330,14 +349,14 @@ class Exemplar(Method):
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             images = unnormalize(x.float(), mean, std).clamp(0, 1)
             side = self.seed_patch_side(min(images.shape[-2:]))
-            pos = sample_patch_positions(images, side, image_uniforms(ctx.indices, ctx.seed))
+            pos = sample_patch_positions(images, side, self.batch_uniforms(ctx.indices, ctx.seed))
             k, b = self.cfg.num_transforms, images.shape[0]
             boxes = torch.cat((pos, torch.full_like(pos[:, :1], side)), dim=1).repeat(k, 1)
             params = sample_transforms(k * b, images.shape[1], self.cfg, ctx.generator(x.device), x.device)
             patches = extract_patches(images.repeat(k, 1, 1, 1), boxes, self.cfg.patch_size, params)
             patches = photometric(patches, params, self.pixel_mean, self.pixel_pcs)
-            m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-            s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+            m = device_constant(tuple(mean), torch.float32, x.device).view(1, -1, 1, 1)  # no copy per step
+            s = device_constant(tuple(std), torch.float32, x.device).view(1, -1, 1, 1)
             patches = ((patches - m) / s).to(x.dtype)
         labels = ctx.indices.to(device=x.device, dtype=torch.long).repeat(k)
         return patches, labels

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslbench.benchmark.distributed import gather_no_grad, is_initialized, mean_over_ranks, rank, world_size
-from sslbench.methods.base import Method, StepContext, StepOutput
+from sslbench.methods.base import LogValue, Method, StepContext, StepOutput
 from sslbench.methods.losses import fp32_einsum, fp32_matmul
 from sslbench.methods.registry import register_method
 
@@ -148,15 +148,20 @@ class InstDisc(Method):
         if self.cfg.loss == "softmax":
             return StepOutput(loss=F.cross_entropy(logits, torch.zeros_like(idx)), state=state)
         z = self.normalizer
-        if z < 0:  # the repo's estimate on the first batch: Z = N * mean(exp(s)), then fixed
+        if not self._normalizer_known():  # the repo's estimate on the first batch: Z = N * mean(exp(s)), then fixed
             z = logits.detach().exp().mean() * self.num_samples
             if is_initialized():  # the joint batch's mean: every replica keeps the same Z
                 z = mean_over_ranks(z)
             state["normalizer"] = z
         return StepOutput(loss=instdisc_nce_loss(logits, torch.log(z), self.num_samples), state=state)
 
+    def _normalizer_known(self) -> bool:
+        """Whether Z has been estimated (``normalizer >= 0``), from a Python-side copy: the
+        buffer is read once per build or load, not every step."""
+        return self.host_value("normalizer_known", lambda: not bool(self.normalizer < 0))
+
     @torch.no_grad()
-    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
+    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, LogValue]:
         # Memory update (the repo's --nce-m moving average) with the forward pass's features, as
         # the repo's backward does.
         # Under data parallelism every rank applies all ranks' rows, so the banks stay identical.
@@ -166,4 +171,5 @@ class InstDisc(Method):
         self.bank.index_copy_(0, idx, F.normalize(lam * self.bank[idx] + (1 - lam) * v, dim=1))
         if "normalizer" in out.state:
             self.normalizer.copy_(out.state["normalizer"])
-        return {"nce_z": float(self.normalizer)} if self.cfg.loss == "nce" else {}
+            self.set_host_value("normalizer_known", True)
+        return {"nce_z": self.normalizer.clone()} if self.cfg.loss == "nce" else {}

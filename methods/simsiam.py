@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslbench.benchmark.config import added_key
-from sslbench.methods.base import Method, StepContext, StepOutput, forward_views
+from sslbench.methods.base import LogValue, Method, StepContext, StepOutput, forward_views
 from sslbench.methods.heads import mlp
 from sslbench.methods.registry import register_method
 
@@ -116,8 +116,8 @@ class SimSiam(Method):
         return StepOutput(loss=loss, logs={"z_std": z_std})
 
     @torch.no_grad()
-    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, float]:
-        return {k: float(v) for k, v in out.logs.items()}
+    def on_step_end(self, out: StepOutput, ctx: StepContext) -> dict[str, LogValue]:
+        return dict(out.logs)  # this step's values again, as 0-d tensors (no sync)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Encoder + projector, and the predictor (``fixed_lr`` when ``fix_pred_lr``).

@@ -171,10 +171,15 @@ class SwAV(Method):
     def _distributed(self) -> bool:
         return self.cfg.gather_distributed and is_initialized()
 
+    def _queue_fill(self) -> int:
+        """``queue_fill`` from a Python-side copy (the buffer is read once per build or load;
+        :meth:`on_step_end` keeps the copy in step), so no step waits for the device."""
+        return self.host_value("queue_fill", lambda: int(self.queue_fill))
+
     def queue_ready(self, ctx: StepContext) -> bool:
         """Whether this step's codes use the queue: from ``epoch_queue_starts``, once it is full."""
         return (self.queue is not None and ctx.epoch >= self.cfg.epoch_queue_starts
-                and int(self.queue_fill) >= self.cfg.queue_length)
+                and self._queue_fill() >= self.cfg.queue_length)
 
     def queued(self, view: int) -> torch.Tensor:
         """The queue's projections of global view ``view``, shape (L, proj_dim)."""
@@ -209,5 +214,7 @@ class SwAV(Method):
         if ctx.epoch >= self.cfg.epoch_queue_starts:
             z = gather_no_grad(out.state["z"])  # (W * B, 2D): the global batch, on every rank
             self.queue.enqueue(z)
-            self.queue_fill.add_(z.shape[0]).clamp_(max=self.cfg.queue_length)
-        return {"queue_fill": float(self.queue_fill)}
+            fill = min(self._queue_fill() + z.shape[0], self.cfg.queue_length)
+            self.queue_fill.fill_(fill)
+            self.set_host_value("queue_fill", fill)
+        return {"queue_fill": float(self._queue_fill())}
