@@ -182,6 +182,13 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def _view_dtype(cfg: Config, device: torch.device, method: Method) -> torch.dtype:
+    """bf16 views on CUDA under bf16 autocast for methods whose views only enter their networks
+    (the first layer would cast them to bf16 anyway); float32 otherwise."""
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 and device.type == "cuda" and method.low_precision_views else torch.float32
+
+
 def _channels_last(cfg: Config, device: torch.device) -> bool:
     return cfg.train.channels_last == "on" or (cfg.train.channels_last == "auto" and device.type == "cuda")
 
@@ -274,7 +281,9 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
         raise ConfigError(
             f"Augmentation '{cfg.augment}' makes {len(aug_recipe.views)} view(s) but "
             f"'{cfg.method}' needs {method.num_views}.", "Pick a recipe with enough views.")
-    augment = BatchAugment(aug_recipe, info.mean, info.std, image_size)
+    augment = BatchAugment(aug_recipe, info.mean, info.std, image_size)  # the monitor's: float32
+    view_augment = BatchAugment(aug_recipe, info.mean, info.std, image_size, out_dtype=_view_dtype(cfg, device, method),
+                                channels_last=channels_last)  # the training views, as the model takes them
     if cfg.crop.mode == "ccrop":  # fail now, not at the first localisation
         check_feature_map(method.encoder, cfg.backbone, info.channels, image_size)
     background = None  # background augmentation: each view made from its own composite images
@@ -404,13 +413,11 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                         view_images = background(images, augment.num_views, bg_gen, method.encoder)
                     geometry = None
                     if method.needs_geometry:
-                        views, view_params = augment(images, aug_gen, crop_sampler=sampler, return_params=True,
-                                                     view_images=view_images)
+                        views, view_params = view_augment(images, aug_gen, crop_sampler=sampler,
+                                                          return_params=True, view_images=view_images)
                         geometry = view_geometry(view_params, images.shape[-2], images.shape[-1])
                     else:
-                        views = augment(images, aug_gen, crop_sampler=sampler, view_images=view_images)
-                    if channels_last:
-                        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                        views = view_augment(images, aug_gen, crop_sampler=sampler, view_images=view_images)
                     ctx = StepContext(step, derived.total_steps, derived.steps_per_epoch, indices, cfg.train.seed,
                                       geometry)
                     first = compile_time is None and compiled

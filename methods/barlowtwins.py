@@ -118,6 +118,8 @@ class BarlowTwins(Method):
     ``all_reduce``, which leaves its gradients 1/world_size too small: lightly issue #1977.)
     """
 
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
+
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: BarlowTwinsConfig) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg

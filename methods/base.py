@@ -234,6 +234,10 @@ class Method(nn.Module):
     sync_batchnorm: bool = True
     #: the engine passes each view's crop boxes and flips in ``StepContext.geometry``.
     needs_geometry: bool = False
+    #: the views only go through the networks (no pixel arithmetic of the method's own), so under
+    #: bf16 autocast on CUDA the augmentation may emit them in bf16 and channels-last directly,
+    #: as the first convolution would cast them anyway (the same values, half the memory traffic).
+    low_precision_views: bool = False
 
     def __init__(self, encoder: nn.Module, feature_dim: int) -> None:
         super().__init__()

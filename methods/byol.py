@@ -47,6 +47,8 @@ class BYOLConfig:
 class BYOL(Method):
     """Online: encoder -> projector -> predictor. Target: EMA of encoder and projector."""
 
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
+
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: BYOLConfig) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg

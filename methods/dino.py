@@ -120,6 +120,7 @@ class DINO(Method):
     """Student: encoder -> DINO head on every view. Teacher: EMA of both, on the global views."""
 
     center: torch.Tensor  # (1, K) buffer
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
 
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: DINOConfig) -> None:
         super().__init__(encoder, feature_dim)

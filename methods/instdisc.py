@@ -107,6 +107,7 @@ class InstDisc(Method):
     num_views = 1  # one augmented view per image (the recipe's first view is used)
     bank: torch.Tensor  # (N, embed_dim) buffer
     normalizer: torch.Tensor  # () buffer: Z, < 0 until estimated on the first batch
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
 
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: InstDiscConfig, *,
                  num_samples: int = 0) -> None:

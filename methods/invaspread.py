@@ -112,6 +112,8 @@ def invaspread_loss(f1: torch.Tensor, f2: torch.Tensor, temperature: float, *, d
 class InvaSpread(Method):
     """Encoder -> linear 128-d -> L2 norm; both views of the batch classified against each other."""
 
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
+
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: InvaSpreadConfig) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg

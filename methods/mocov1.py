@@ -77,6 +77,7 @@ class MoCoV1(Method):
     #: MoCo needs per-rank BN statistics under data parallelism (shuffling BN): the engine must
     #: not convert this method's batch norms to SyncBatchNorm (the official code does not).
     sync_batchnorm = False
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
 
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: MoCoV1Config) -> None:
         super().__init__(encoder, feature_dim)

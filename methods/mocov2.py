@@ -75,6 +75,8 @@ class MoCoV2Config(LossVariantConfig):
 class MoCoV2(Method):
     """Query = projector(encoder(view 1)); key = momentum copies on view 2; InfoNCE vs the queue."""
 
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
+
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: MoCoV2Config) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg

@@ -134,6 +134,8 @@ class MoCoV3(Method):
     layer, a non-affine BN on the projector output); deviation: the predictor's last linear layer
     keeps a bias when it has no output BN (``heads.mlp``), the repo's has none."""
 
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
+
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: MoCoV3Config) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg

@@ -112,6 +112,8 @@ def nnclr_loss(nn_a: torch.Tensor, p_b: torch.Tensor, temperature: float, *, sym
 class NNCLR(Method):
     """Encoder -> projector z -> predictor p; positives NN(z) from the support set."""
 
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
+
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: NNCLRConfig) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg

@@ -95,6 +95,8 @@ def simclr_loss(z1: torch.Tensor, z2: torch.Tensor, cfg: SimCLRConfig,
 class SimCLR(Method):
     """Encoder -> projector -> NT-Xent between the two views of each image."""
 
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
+
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: SimCLRConfig) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg

@@ -97,6 +97,8 @@ class SimSiam(Method):
     (per-view BN statistics).
     """
 
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
+
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: SimSiamConfig) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg

@@ -155,6 +155,7 @@ class SwAV(Method):
     """
 
     queue_fill: torch.Tensor  # () long buffer: valid rows in the queue
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
 
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: SwAVConfig) -> None:
         super().__init__(encoder, feature_dim)

@@ -118,6 +118,8 @@ class VICReg(Method):
     batch's.
     """
 
+    low_precision_views = True  # the views only enter the networks (bf16 views on CUDA)
+
     def __init__(self, encoder: nn.Module, feature_dim: int, cfg: VICRegConfig) -> None:
         super().__init__(encoder, feature_dim)
         self.cfg = cfg

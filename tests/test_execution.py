@@ -328,3 +328,15 @@ def test_cuda_bf16_run_trains_with_every_switch(tmp_path):
     result = pretrain(cfg, tmp_path / "r", tracking=None, progress=False)
     history = load_checkpoint(result.checkpoint)["history"]
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["train/loss"])) for h in history)
+
+
+def test_bf16_views_only_on_cuda_bf16_for_methods_whose_views_enter_the_networks():
+    from sslbench.benchmark.engine import _view_dtype, build_method
+
+    simclr = build_method(tiny("simclr"), 1, 16)
+    rotation = build_method(resolve("rotation-quick", TINY), 1, 16)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _view_dtype(tiny("simclr"), cuda, simclr) == torch.bfloat16
+    assert _view_dtype(tiny("simclr", "train.precision=fp32"), cuda, simclr) == torch.float32
+    assert _view_dtype(tiny("simclr", "train.precision=bf16"), cpu, simclr) == torch.float32
+    assert _view_dtype(tiny("simclr"), cuda, rotation) == torch.float32  # a pretext task edits pixels
