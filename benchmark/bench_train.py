@@ -206,6 +206,14 @@ def measure_engine(method: str, variant: str, extra: Sequence[str], args: argpar
                probe.syncs, compile_s)
 
 
+def _in_memory(dataset: Any) -> Any:
+    from sslbench.benchmark.datasets import ArrayDataset
+
+    if not isinstance(dataset, ArrayDataset):
+        raise SystemExit(f"bench_train needs an in-memory dataset (synthetic-cifar, cifar10, ...), got {dataset!r}")
+    return dataset
+
+
 def measure_dataloader(args: argparse.Namespace) -> Row:
     """SimCLR's step fed by a per-image torchvision v2 pipeline in a multi-worker DataLoader."""
     from torch.utils.data import DataLoader, Dataset
@@ -218,7 +226,7 @@ def measure_dataloader(args: argparse.Namespace) -> Row:
 
     cfg = _config("simclr", args, [])
     device = resolve_device(cfg.train.device)
-    train = load_dataset(cfg.data.dataset, "train")
+    train = _in_memory(load_dataset(cfg.data.dataset, "train"))
     info = train.info
     size = info.image_size
     transform = v2.Compose([
@@ -318,8 +326,8 @@ def measure_end_to_end(args: argparse.Namespace) -> dict[str, float]:
     later = statistics.median(epochs[1:]) if len(epochs) > 1 else epochs[0]
     t = time.perf_counter()
     device = result.device
-    train = load_dataset(cfg.data.dataset, "train").to(device)
-    test = load_dataset(cfg.data.dataset, "test").to(device)
+    train = _in_memory(load_dataset(cfg.data.dataset, "train")).to(device)
+    test = _in_memory(load_dataset(cfg.data.dataset, "test")).to(device)
     info = train.info
     from sslbench.benchmark.augment import to_float_normalized
 

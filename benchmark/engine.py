@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -384,7 +384,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 bg_gen = torch.Generator(device=device).manual_seed(bg_seed)
                 t0, crop_logs = time.perf_counter(), {}
                 sums = _StepSums(device)  # the loss and StepOutput.logs, summed on the device
-                hook_logs: dict[str, Any] = {}
+                hook_logs: Mapping[str, Any] = {}
                 if is_localization_epoch(epoch, cfg.crop):  # every rank, the whole split, same weights
                     with _autocast(device, cfg.train.precision):
                         boxes = localize(method.encoder, cfg.backbone, train, mean=info.mean, std=info.std,
