@@ -1,15 +1,21 @@
-"""Recipes of Barlow Twins (Zbontar et al., ICML 2021): quick, CIFAR-10 and ImageNet."""
+"""Recipes of Barlow Twins (Zbontar et al., ICML 2021): quick, CIFAR-10, CIFAR-100, ImageNet-100
+and ImageNet."""
 
 from __future__ import annotations
 
 from sslbench.benchmark.config import Config, DataConfig, OptimConfig, TrainConfig
 from sslbench.benchmark.recipes.base import (
+    IMAGENET100_DATA,
+    IMAGENET100_SOURCES,
     IMAGENET_DATA,
     QUICK_DATA,
     QUICK_OPTIM,
     QUICK_SOURCES,
+    SOLO_IMAGENET100_TABLE,
+    SOLO_LARS_CLIP,
     Recipe,
     register_recipe,
+    solo_cifar100,
 )
 
 # data.batch_size is the global batch; the repo standardises with SyncBN and sums C over GPUs,
@@ -75,5 +81,28 @@ register_recipe(Recipe(
      "method.scale_loss, bias_lr_scale": "current repo main.py: separate bias lr, no loss scale "
                                          "(the released model's README command used "
                                          "--scale-loss 0.024 and wd 1e-6 instead)",
+     "method.gather_distributed": GLOBAL_C},
+))
+
+register_recipe(solo_cifar100("barlowtwins-cifar10", "barlow.yaml", "Barlow Twins", 70.90))
+
+register_recipe(Recipe(
+    "barlowtwins-imagenet100",
+    Config(method="barlowtwins", backbone="resnet18", augment="byol",
+           method_args={"proj_hidden_dim": 2048, "proj_dim": 2048, "proj_layers": 3,
+                        "lambd": 0.0051, "scale_loss": 0.1, "bias_lr_scale": 1.0,
+                        "gather_distributed": True},
+           data=IMAGENET100_DATA,
+           optim=OptimConfig(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-4,
+                             warmup_epochs=10, lars_eta=0.02),
+           train=TrainConfig(epochs=400)),
+    "Barlow Twins on ImageNet-100 with ResNet-18 (solo-learn's recipe; 80.16 linear, 80.38 online).",
+    {**IMAGENET100_SOURCES,
+     "method, optim": "vturrisi/solo-learn scripts/pretrain/imagenet-100/barlow.yaml: projector "
+                      "2048-2048-2048, scale_loss 0.1, lambda 0.0051 (solo default), one lr for all "
+                      "parameters, LARS lr 0.3 at bs 256 (eta 0.02, biases and BN excluded), wd "
+                      "1e-4, warmup_cosine (10 warm-up epochs). " + SOLO_LARS_CLIP,
+     "augment": "solo-learn imagenet-100/augmentations/asymmetric.yaml = sslbench 'byol'",
+     "description": SOLO_IMAGENET100_TABLE + ": 80.16 offline linear / 80.38 online top-1",
      "method.gather_distributed": GLOBAL_C},
 ))

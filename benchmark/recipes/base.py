@@ -109,3 +109,55 @@ QUICK_SOURCES = {
 }
 
 IMAGENET_DATA = DataConfig(dataset="imagefolder", batch_size=256, image_size=224, num_workers=8)
+
+# ImageNet-100 (solo-learn's tables): a 224 px ImageFolder at a global batch of 256.
+IMAGENET100_DATA = DataConfig(dataset="imagefolder", batch_size=256, image_size=224, num_workers=8)
+IMAGENET100_SOURCES = {
+    "backbone, data, train.epochs": "vturrisi/solo-learn scripts/pretrain/imagenet-100/*.yaml: "
+                                    "torchvision ResNet-18 (ImageNet stem), batch_size 128 per GPU on "
+                                    "devices [0, 1] = 256 global (solo-learn scales the lr by the "
+                                    "global batch / 256, as lr_scaling=linear does), 224 px crops, "
+                                    "max_epochs 400. ImageNet-100 is the CMC class list "
+                                    "(solo/data/dataset_subset/imagenet100_classes.txt)",
+}
+SOLO_CIFAR100_TABLE = ("vturrisi/solo-learn README.md, CIFAR-100 table (ResNet-18, 1000 epochs, "
+                       "online linear: a head trained on the augmented crops during pretraining)")
+SOLO_IMAGENET100_TABLE = "vturrisi/solo-learn README.md, ImageNet-100 table (ResNet-18, 400 epochs)"
+#: solo-learn's LARS clips the per-layer lr (clip_lr: True in every LARS config); sslbench's does not.
+SOLO_LARS_CLIP = ("solo-learn also clips the LARS lr (clip_lr); sslbench's LARS does not "
+                  "(deviation)")
+
+
+def on_dataset(base: Recipe, name: str, dataset: str, description: str,
+               sources: Mapping[str, str]) -> Recipe:
+    """``base`` with only its dataset changed: for anchors that run one config file on several
+    datasets (solo-learn's ``scripts/pretrain/cifar/*.yaml`` serve CIFAR-10 and CIFAR-100).
+
+    Args:
+        base: the recipe whose every other value (and source) is kept.
+        name: the new recipe's name.
+        dataset: the registered dataset it trains on.
+        description: one line.
+        sources: added to (or replacing entries of) ``base.sources``: at least where the dataset
+            swap comes from.
+    """
+    config = dataclasses.replace(base.config, data=dataclasses.replace(base.config.data, dataset=dataset))
+    return Recipe(name, config, description, {**base.sources, **sources})
+
+
+def solo_cifar100(cifar10: str, yaml: str, title: str, top1: float) -> Recipe:
+    """The CIFAR-100 twin of a ``<method>-cifar10`` recipe taken from solo-learn, whose CIFAR
+    configs serve both datasets (``dataset: cifar10 # change here for cifar100``).
+
+    Args:
+        cifar10: the registered ``<method>-cifar10`` recipe (its values all from ``yaml``).
+        yaml: the solo-learn file, ``scripts/pretrain/cifar/<yaml>``.
+        title: the method's display name, for the description.
+        top1: solo-learn's CIFAR-100 top-1 for it (README table).
+    """
+    return on_dataset(
+        get_recipe(cifar10), cifar10.removesuffix("-cifar10") + "-cifar100", "cifar100",
+        f"{title} on CIFAR-100 with ResNet-18 (solo-learn's recipe; {top1:.2f} online linear).",
+        {"data.dataset": f"vturrisi/solo-learn scripts/pretrain/cifar/{yaml} serves both CIFARs "
+                         "('dataset: cifar10 # change here for cifar100')",
+         "description": f"{SOLO_CIFAR100_TABLE}: {top1:.2f} top-1"})

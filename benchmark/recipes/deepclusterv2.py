@@ -1,16 +1,21 @@
 """Recipes of DeepCluster-v2 (Caron et al., NeurIPS 2020, in the SwAV paper): quick (CPU),
-CIFAR-10 (solo-learn) and ImageNet (ResNet-50, the official 800-epoch script)."""
+CIFAR-10, CIFAR-100, ImageNet-100 (solo-learn) and ImageNet (ResNet-50, the official 800-epoch script)."""
 
 from __future__ import annotations
 
 from sslbench.benchmark.config import Config, DataConfig, OptimConfig, TrainConfig
 from sslbench.benchmark.recipes.base import (
+    IMAGENET100_DATA,
+    IMAGENET100_SOURCES,
     IMAGENET_DATA,
     QUICK_DATA,
     QUICK_OPTIM,
     QUICK_SOURCES,
+    SOLO_IMAGENET100_TABLE,
+    SOLO_LARS_CLIP,
     Recipe,
     register_recipe,
+    solo_cifar100,
 )
 
 OFFICIAL_METHOD = ("facebookresearch/swav scripts/deepclusterv2_800ep_pretrain.sh and "
@@ -102,4 +107,29 @@ register_recipe(Recipe(
                 "0.8, 0.2) p 0.8, gray 0.2, Gaussian blur p 0.5 sigma 0.1-2 on every crop = "
                 "'simclr' + 6 local 96 px views. Deviations (as swav-imagenet): global crop scale "
                 "0.08-1 (official 0.14-1); blur kernel 10 % of the side (official fixed 23 px)"},
+))
+
+register_recipe(solo_cifar100("deepclusterv2-cifar10", "deepclusterv2.yaml", "DeepCluster-v2", 63.61))
+
+register_recipe(Recipe(
+    "deepclusterv2-imagenet100",
+    Config(method="deepclusterv2", backbone="resnet18", augment="simclr",
+           method_args={"proj_hidden_dim": 2048, "proj_dim": 128, "num_prototypes": (3000, 3000, 3000),
+                        "temperature": 0.1, "kmeans_iters": 10, "num_assign_crops": 2},
+           data=IMAGENET100_DATA,
+           optim=OptimConfig(name="lars", base_lr=0.6, lr_scaling="linear", weight_decay=1e-6,
+                             warmup_epochs=11, final_lr_ratio=0.001, lars_eta=0.02),
+           train=TrainConfig(epochs=400)),
+    "DeepCluster-v2 on ImageNet-100 with ResNet-18 (solo-learn's recipe; 75.40 linear, 75.36 online).",
+    {**IMAGENET100_SOURCES,
+     "method, optim": "vturrisi/solo-learn scripts/pretrain/imagenet-100/deepclusterv2.yaml: "
+                      "projector 2048 -> 128, prototypes [3000, 3000, 3000], LARS lr 0.6 at bs 256 "
+                      "(eta 0.02, biases and norms excluded), wd 1e-6, warmup_cosine with 11 "
+                      "warm-up epochs from 0 and min_lr 0.0006 (ratio 0.001); tau 0.1 and 10 "
+                      "k-means iterations are solo-learn's defaults. " + SOLO_LARS_CLIP,
+     "augment": "solo-learn imagenet-100/augmentations/symmetric.yaml: two 224 px crops 0.08-1, "
+                "ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5, flip; no "
+                "multi-crop = sslbench 'simclr'",
+     "description": SOLO_IMAGENET100_TABLE + ": 75.40 offline linear / 75.36 online top-1",
+     "method.memory_batch_size": OFFICIAL_METHOD},
 ))

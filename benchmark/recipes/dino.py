@@ -1,15 +1,21 @@
-"""Recipes of DINO (Caron et al., ICCV 2021): quick (CPU), CIFAR-10 and ImageNet (ViT-S/16, ResNet-50)."""
+"""Recipes of DINO (Caron et al., ICCV 2021): quick (CPU), CIFAR-10, CIFAR-100,
+ImageNet-100 and ImageNet (ViT-S/16, ResNet-50)."""
 
 from __future__ import annotations
 
 from sslbench.benchmark.config import Config, DataConfig, OptimConfig, TrainConfig
 from sslbench.benchmark.recipes.base import (
+    IMAGENET100_DATA,
+    IMAGENET100_SOURCES,
     IMAGENET_DATA,
     QUICK_DATA,
     QUICK_OPTIM,
     QUICK_SOURCES,
+    SOLO_IMAGENET100_TABLE,
+    SOLO_LARS_CLIP,
     Recipe,
     register_recipe,
+    solo_cifar100,
 )
 
 # The official DINOLoss all-reduces the teacher's batch mean before the centre update; with it on,
@@ -142,5 +148,32 @@ register_recipe(Recipe(
             "freeze_last_layer 1, no BN in head, 8 local crops)",
      "augment": "2x224 + 8x96 multi-crop; local crops 0.05-0.14 as DINO-RN50, global 0.08-1 "
                 "instead of 0.14-1 (deviation)",
+     "method.gather_distributed": CENTER_ALL_REDUCE},
+))
+
+register_recipe(solo_cifar100("dino-cifar10", "dino.yaml", "DINO", 66.76))
+
+register_recipe(Recipe(
+    "dino-imagenet100",
+    Config(method="dino", backbone="resnet18", augment="byol",
+           method_args={"hidden_dim": 2048, "bottleneck_dim": 256, "out_dim": 4096,
+                        "base_momentum": 0.9995, "teacher_temp": 0.07, "warmup_teacher_temp": 0.04,
+                        "warmup_teacher_temp_epochs": 50, "clip_grad": 0.0, "freeze_last_layer": 1,
+                        "norm_last_layer": True, "use_bn_in_head": False, "student_temp": 0.1,
+                        "gather_distributed": True},
+           data=IMAGENET100_DATA,
+           optim=OptimConfig(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
+                             warmup_epochs=10, lars_eta=0.02),
+           train=TrainConfig(epochs=400)),
+    "DINO on ImageNet-100 with ResNet-18 (solo-learn's recipe; 74.92 linear, 74.84 online).",
+    {**IMAGENET100_SOURCES,
+     "method, optim": "vturrisi/solo-learn scripts/pretrain/imagenet-100/dino.yaml: 2048/256 head, "
+                      "4096 prototypes, teacher temperature warmed up over 50 epochs, tau 0.9995 -> "
+                      "1, LARS lr 0.3 at bs 256 (eta 0.02, biases and norms excluded), wd 1e-6, "
+                      "warmup_cosine (10 warm-up epochs), two crops (no multi-crop). " + SOLO_LARS_CLIP,
+     "method.*temp*, clip_grad, freeze_last_layer, norm_last_layer, use_bn_in_head":
+         "solo-learn solo/methods/dino.py defaults, as dino-cifar10",
+     "augment": "solo-learn imagenet-100/augmentations/asymmetric.yaml = sslbench 'byol'",
+     "description": SOLO_IMAGENET100_TABLE + ": 74.92 offline linear / 74.84 online top-1",
      "method.gather_distributed": CENTER_ALL_REDUCE},
 ))

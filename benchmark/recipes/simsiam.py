@@ -1,13 +1,18 @@
-"""Recipes of SimSiam (Chen & He, CVPR 2021): quick, CIFAR-10 and ImageNet."""
+"""Recipes of SimSiam (Chen & He, CVPR 2021): quick, CIFAR-10, CIFAR-100, ImageNet-100 and
+ImageNet."""
 
 from __future__ import annotations
 
 from sslbench.benchmark.config import Config, DataConfig, OptimConfig, TrainConfig
 from sslbench.benchmark.recipes.base import (
+    IMAGENET100_DATA,
+    IMAGENET100_SOURCES,
     IMAGENET_DATA,
     QUICK_DATA,
     QUICK_OPTIM,
     QUICK_SOURCES,
+    SOLO_CIFAR100_TABLE,
+    SOLO_IMAGENET100_TABLE,
     Recipe,
     register_recipe,
 )
@@ -62,4 +67,50 @@ register_recipe(Recipe(
             "below bs 1024, bs 512, 100 epochs, --fix-pred-lr, 3-layer 2048 projector, "
             "2048 -> 512 -> 2048 predictor -> 68.1 (Table 2 / README)",
      "augment": "the repo's augmentation: MoCo v2 'aug+' (blur p 0.5)"},
+))
+
+# solo-learn's SimSiam (solo/methods/simsiam.py): a 3-layer projector ending in a non-affine BN, a
+# 2-layer predictor, the predictor at a fixed lr (static_lr) = the paper's ImageNet heads.
+_SOLO_HEADS = ("solo-learn solo/methods/simsiam.py: 3-layer projector (last BN non-affine), "
+               "2-layer predictor trained at the base lr without decay (static_lr, = fix_pred_lr)")
+
+register_recipe(Recipe(
+    "simsiam-cifar100",
+    Config(method="simsiam", backbone="resnet18-small", augment="simclr-small",
+           method_args={"proj_hidden_dim": 2048, "proj_dim": 2048, "proj_layers": 3,
+                        "pred_hidden_dim": 512, "fix_pred_lr": True},
+           data=DataConfig(dataset="cifar100", batch_size=256),
+           optim=OptimConfig(name="sgd", base_lr=0.5, lr_scaling="linear", weight_decay=1e-5,
+                             momentum=0.9, warmup_epochs=10),
+           train=TrainConfig(epochs=1000)),
+    "SimSiam on CIFAR-100 with ResNet-18 (solo-learn's recipe; 66.04 online linear).",
+    {"all": "vturrisi/solo-learn scripts/pretrain/cifar/simsiam.yaml (one file for CIFAR-10 and "
+            "-100): projector 2048 -> 2048, predictor 512, SGD lr 0.5 at bs 256, wd 1e-5, "
+            "warmup_cosine (10 warm-up epochs), 1000 epochs",
+     "method.proj_layers, fix_pred_lr": _SOLO_HEADS,
+     "augment": "closest registered recipe to solo-learn's cifar/augmentations/symmetric_weak.yaml "
+                "(crop 0.08-1, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, flip, blur p "
+                "0.5): 'simclr-small' has all of it but the blur (deviation)",
+     "description": SOLO_CIFAR100_TABLE + ": 66.04 top-1"},
+))
+
+register_recipe(Recipe(
+    "simsiam-imagenet100",
+    Config(method="simsiam", backbone="resnet18", augment="byol",
+           method_args={"proj_hidden_dim": 2048, "proj_dim": 2048, "proj_layers": 3,
+                        "pred_hidden_dim": 512, "fix_pred_lr": True},
+           data=IMAGENET100_DATA,
+           optim=OptimConfig(name="sgd", base_lr=0.5, lr_scaling="linear", weight_decay=1e-5,
+                             momentum=0.9, warmup_epochs=10),
+           train=TrainConfig(epochs=400)),
+    "SimSiam on ImageNet-100 with ResNet-18 (solo-learn's recipe; 78.72 linear, 74.54 online).",
+    {**IMAGENET100_SOURCES,
+     "method, optim": "vturrisi/solo-learn scripts/pretrain/imagenet-100/simsiam.yaml (as read at "
+                      "commit d418d09): projector 2048 -> 2048, predictor 512, SGD lr 0.5 at bs "
+                      "256, wd 1e-5, warmup_cosine (10 warm-up epochs)",
+     "method.proj_layers, fix_pred_lr": _SOLO_HEADS,
+     "augment": "that file's augmentations: asymmetric.yaml (crop 0.08-1, ColorJitter(0.4, 0.4, "
+                "0.2, 0.1) p 0.8, grayscale 0.2, blur 1.0 / 0.1, solarize 0.0 / 0.2, flip) = "
+                "sslbench 'byol'",
+     "description": SOLO_IMAGENET100_TABLE + ": 78.72 offline linear / 74.54 online top-1"},
 ))

@@ -1,15 +1,21 @@
-"""Recipes of SwAV (Caron et al., NeurIPS 2020): quick (CPU), CIFAR-10 and ImageNet (ResNet-50)."""
+"""Recipes of SwAV (Caron et al., NeurIPS 2020): quick (CPU), CIFAR-10, CIFAR-100,
+ImageNet-100 and ImageNet (ResNet-50)."""
 
 from __future__ import annotations
 
 from sslbench.benchmark.config import Config, DataConfig, OptimConfig, TrainConfig
 from sslbench.benchmark.recipes.base import (
+    IMAGENET100_DATA,
+    IMAGENET100_SOURCES,
     IMAGENET_DATA,
     QUICK_DATA,
     QUICK_OPTIM,
     QUICK_SOURCES,
+    SOLO_IMAGENET100_TABLE,
+    SOLO_LARS_CLIP,
     Recipe,
     register_recipe,
+    solo_cifar100,
 )
 
 # The official distributed_sinkhorn all-reduces its sums over the batch: the codes are those of
@@ -107,5 +113,32 @@ register_recipe(Recipe(
                 "p 0.5 sigma 0.1-2 on every crop = 'simclr' + 6 local 96 px views. Deviations: "
                 "global crop scale 0.08-1 (official 0.14-1); blur kernel 10 % of the side (official "
                 "fixed 23 px)",
+     "method.gather_distributed": SINKHORN_ALL_REDUCE},
+))
+
+register_recipe(solo_cifar100("swav-cifar10", "swav.yaml", "SwAV", 64.88))
+
+register_recipe(Recipe(
+    "swav-imagenet100",
+    Config(method="swav", backbone="resnet18", augment="simclr",
+           method_args={"proj_hidden_dim": 2048, "proj_dim": 128, "num_prototypes": 3000,
+                        "temperature": 0.1, "epsilon": 0.05, "sinkhorn_iterations": 3,
+                        "queue_length": 3840, "epoch_queue_starts": 50,
+                        "freeze_prototypes_epochs": 2, "gather_distributed": True},
+           data=IMAGENET100_DATA,
+           optim=OptimConfig(name="lars", base_lr=0.6, lr_scaling="linear", weight_decay=1e-6,
+                             warmup_epochs=10, lars_eta=0.02),
+           train=TrainConfig(epochs=400)),
+    "SwAV on ImageNet-100 with ResNet-18 (solo-learn's recipe; 74.28 linear, 74.04 online).",
+    {**IMAGENET100_SOURCES,
+     "method, optim": "vturrisi/solo-learn scripts/pretrain/imagenet-100/swav.yaml: projector 2048 "
+                      "-> 128, 3000 prototypes, queue 3840 from epoch 50, prototypes frozen 2 "
+                      "epochs, tau 0.1, LARS lr 0.6 at bs 256 (eta 0.02, biases and norms "
+                      "excluded), wd 1e-6, warmup_cosine (10 warm-up epochs); eps 0.05 and 3 "
+                      "Sinkhorn iterations are solo-learn's defaults. " + SOLO_LARS_CLIP,
+     "augment": "solo-learn imagenet-100/augmentations/symmetric.yaml: two 224 px crops 0.08-1, "
+                "ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2, blur p 0.5, flip; no "
+                "multi-crop = sslbench 'simclr'",
+     "description": SOLO_IMAGENET100_TABLE + ": 74.28 offline linear / 74.04 online top-1",
      "method.gather_distributed": SINKHORN_ALL_REDUCE},
 ))

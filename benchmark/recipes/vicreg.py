@@ -1,15 +1,21 @@
-"""Recipes of VICReg (Bardes, Ponce, LeCun, ICLR 2022): quick, CIFAR-10 and ImageNet."""
+"""Recipes of VICReg (Bardes, Ponce, LeCun, ICLR 2022): quick, CIFAR-10, CIFAR-100, ImageNet-100
+and ImageNet."""
 
 from __future__ import annotations
 
 from sslbench.benchmark.config import Config, DataConfig, OptimConfig, TrainConfig
 from sslbench.benchmark.recipes.base import (
+    IMAGENET100_DATA,
+    IMAGENET100_SOURCES,
     IMAGENET_DATA,
     QUICK_DATA,
     QUICK_OPTIM,
     QUICK_SOURCES,
+    SOLO_IMAGENET100_TABLE,
+    SOLO_LARS_CLIP,
     Recipe,
     register_recipe,
+    solo_cifar100,
 )
 
 # data.batch_size is the global batch; the repo gathers the embeddings of all GPUs
@@ -74,5 +80,32 @@ register_recipe(Recipe(
             "base lr 0.2 x bs/256, 10 warm-up epochs, cosine to 0.001 x the peak, wd 1e-6, bs "
             "2048, 1000 epochs, expander 8192-8192-8192, lambda = mu = 25, nu = 1",
      "augment": "the repo's augmentations.py: BYOL's (blur 1.0/0.1, solarize 0.0/0.2)",
+     "method.gather_distributed": GLOBAL_STATS},
+))
+
+register_recipe(solo_cifar100("vicreg-cifar10", "vicreg.yaml", "VICReg", 68.54))
+
+register_recipe(Recipe(
+    "vicreg-imagenet100",
+    # var_weight 50 for solo-learn's 25, as vicreg-cifar10 (its variance term sums the views).
+    Config(method="vicreg", backbone="resnet18", augment="byol",
+           method_args={"proj_hidden_dim": 2048, "proj_dim": 2048, "proj_layers": 3,
+                        "sim_weight": 25.0, "var_weight": 50.0, "cov_weight": 1.0,
+                        "gather_distributed": True},
+           data=IMAGENET100_DATA,
+           optim=OptimConfig(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-4,
+                             warmup_epochs=10, lars_eta=0.02),
+           train=TrainConfig(epochs=400)),
+    "VICReg on ImageNet-100 with ResNet-18 (solo-learn's recipe; 79.40 linear, 79.22 online).",
+    {**IMAGENET100_SOURCES,
+     "method, optim": "vturrisi/solo-learn scripts/pretrain/imagenet-100/vicreg.yaml: expander "
+                      "2048-2048-2048, weights 25/25/1 (var_weight 50 here, as vicreg-cifar10), "
+                      "LARS lr 0.3 at bs 256 (eta 0.02, biases and BN excluded), wd 1e-4, "
+                      "warmup_cosine (10 warm-up epochs). " + SOLO_LARS_CLIP,
+     "augment": "closest registered recipe to the file's own augmentations (crop 0.2-1, "
+                "ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, blur 0.5 and solarize 0.1 "
+                "on both views, flip): 'byol' crops 0.08-1 with blur 1.0 / 0.1 and solarize 0.0 / "
+                "0.2 (deviation)",
+     "description": SOLO_IMAGENET100_TABLE + ": 79.40 offline linear / 79.22 online top-1",
      "method.gather_distributed": GLOBAL_STATS},
 ))
