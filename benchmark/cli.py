@@ -93,12 +93,33 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_cfg(args: argparse.Namespace) -> Config:
-    from sslbench.benchmark.recipes import resolve
-    from sslbench.methods import get_method
+def _folder_classes(args: argparse.Namespace) -> int | None:
+    """The class folders of a folder dataset's training split, ``--data-dir``/train (or the
+    folder itself when it has no split folders, as the dataset reads it); None when not known."""
+    if args.dataset != "imagefolder" or not args.data_dir:
+        return None
+    root = Path(args.data_dir).expanduser()
+    train = root / "train" if (root / "train").is_dir() else root
+    if train == root and any((root / s).is_dir() for s in ("val", "test")):
+        return None
+    try:
+        return sum(1 for p in train.iterdir() if p.is_dir()) or None
+    except OSError:
+        return None
 
-    recipe = args.recipe or (get_method(args.method).default_recipe if args.method else None)
-    if recipe is None:
+
+def _resolve_cfg(args: argparse.Namespace) -> Config:
+    """The config of ``--recipe`` (as given), or of the recipe ``--method`` runs on ``--dataset``
+    (:func:`~sslbench.benchmark.recipes.recipe_for`), with the flags and ``--set`` applied; prints
+    ``recipe: NAME (why)`` and any note to stderr."""
+    from sslbench.benchmark.recipes import quick_recipe_note, recipe_for, resolve
+
+    if args.recipe:
+        recipe, reason, adapt, note = args.recipe, "--recipe", (), None
+    elif args.method:
+        choice = recipe_for(args.method, args.dataset, num_classes=_folder_classes(args))
+        recipe, reason, adapt, note = choice.recipe, choice.reason, choice.overrides, choice.note
+    else:
         raise SSLBenchError("Neither --recipe nor --method was given.",
                             "Pass --recipe NAME (`sslbench recipes`) or --method NAME.")
     overrides = list(args.set)
@@ -111,7 +132,14 @@ def _resolve_cfg(args: argparse.Namespace) -> Config:
             overrides.insert(0, f"{key}={value}")
     if args.download:
         overrides.insert(0, "data.download=true")
-    return resolve(recipe, overrides)
+    cfg = resolve(recipe, [*adapt, *overrides])  # the flags and --set win over the adaptation
+    print(f"recipe: {recipe} ({reason})", file=sys.stderr)
+    if note is None and args.recipe:
+        instead = recipe_for(cfg.method, cfg.data.dataset).recipe
+        note = quick_recipe_note(recipe, cfg.data.dataset, instead=instead if instead != recipe else None)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return cfg
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -119,8 +147,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
 
     _set_threads(args.threads)
-    cfg = _resolve_cfg(args)
     protocols = _protocol_names(args.eval)  # fail before training, not after
+    cfg = _resolve_cfg(args)
     out = Path(args.out) if args.out else Path("sslbench-runs") / (
         f"{cfg.recipe}-{cfg.hash()[:8]}-s{cfg.train.seed}")
     print(f"Pretraining {cfg.method} ({cfg.recipe}) on {cfg.data.dataset}; run folder {out}")
@@ -444,7 +472,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="named recipe (`sslbench recipes`)")
-    p.add_argument("--method", help="method; without --recipe, its default recipe")
+    p.add_argument("--method", help="method; without --recipe, its recipe for --dataset (README: "
+                                    "Which recipe runs), else its default recipe")
     p.add_argument("--dataset", help="dataset name (`sslbench datasets`)")
     p.add_argument("--backbone", help="backbone: small-cnn, resnet18-small, ... or any timm model")
     p.add_argument("--augment", help="augmentation recipe (`sslbench augmentations`)")

@@ -18,6 +18,8 @@ def run(capsys, *argv):
 def assert_user_error(code, err, *fragments):
     assert code == 2, err
     assert "Traceback" not in err
+    # `pretrain` and `config` say which recipe runs (and any note) before they fail
+    err = "".join(line for line in err.splitlines(keepends=True) if not line.startswith(("recipe: ", "note: ")))
     assert err.startswith("sslbench: error: ") and err.count("\n") == 1, err
     for f in fragments:
         assert f in err, (f, err)
