@@ -48,8 +48,23 @@ class DataConfig:
         batch_size: images per optimisation step over all processes (the global batch: with W
             data-parallel processes each takes ``batch_size / W``, so the config, its hash and
             the scaled learning rate do not depend on the number of GPUs).
-        image_size: override the dataset's native image size (folder datasets).
+        image_size: override the dataset's native image size (folder datasets; unset, a folder's
+            size is inferred from its images: 224 for photos, their own size for small images).
         num_workers: decode workers for folder datasets.
+
+    Folder-dataset settings added after runs existed (left out of the stored config while they
+    keep their defaults, so earlier configs keep their form and hash):
+
+    Attributes:
+        cache: ``auto`` (hold a folder split in memory, decoded once into a cache file, when it
+            takes at most 4 GiB decoded), ``on`` or ``off``. A speed setting: the cached split
+            trains on the same pixels, so it is left out of the config hash.
+        strict: a corrupt or non-image file is an error instead of being skipped (scan) or
+            replaced by the next readable image (decode) with a printed count. Left out of the hash:
+            a strict run that finishes saw no such file, so it trained exactly as a non-strict one.
+        load_size: side of the full-frame canvas that pretraining crops from (the whole image,
+            resized; unset: 8/7 of the image size, at most the images' median shorter side). It
+            changes what is trained, so it is in the hash when set.
     """
 
     dataset: str = "fashion-mnist-mini"
@@ -58,12 +73,21 @@ class DataConfig:
     batch_size: int = 256
     image_size: int | None = None
     num_workers: int = 2
+    cache: str = field(default="auto", metadata={OMIT_WHEN_DEFAULT: True})
+    strict: bool = field(default=False, metadata={OMIT_WHEN_DEFAULT: True})
+    load_size: int | None = field(default=None, metadata={OMIT_WHEN_DEFAULT: True})
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 2, "data.batch_size", self.batch_size, "an integer >= 2")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.image_size is None or self.image_size >= 8, "data.image_size", self.image_size,
                "an integer >= 8 or None")
+        _check(self.cache in SWITCHES, "data.cache", self.cache, "one of auto, on, off")
+        _check(isinstance(self.strict, bool), "data.strict", self.strict, "true or false")
+        _check(self.load_size is None or (_is_int(self.load_size) and self.load_size >= 8), "data.load_size",
+               self.load_size, "an integer >= 8 or None")
+        _check(self.load_size is None or self.image_size is None or self.load_size >= self.image_size,
+               "data.load_size", self.load_size, f"at least data.image_size ({self.image_size}) or None")
 
 
 @dataclass(frozen=True)
@@ -376,18 +400,22 @@ class Config:
         _drop_defaults(out, dataclasses.fields(self), lambda name: getattr(self, name))
         # The execution settings added to train.* after runs existed: stored only when set.
         _drop_defaults(out["train"], dataclasses.fields(self.train), lambda name: getattr(self.train, name))
+        # The same for the folder-dataset settings added to data.* (cache, strict, load_size).
+        _drop_defaults(out["data"], dataclasses.fields(self.data), lambda name: getattr(self.data, name))
         return out
 
     def hash(self) -> str:
-        """A stable hash of everything that changes the result (not paths, workers, device, nor
-        the ``monitor`` section, which never changes the trained weights, nor a ``background``
-        section that is not enabled)."""
+        """A stable hash of everything that changes the result (not paths, workers, the folder
+        cache and strictness, device, nor the ``monitor`` section, which never changes the
+        trained weights, nor a ``background`` section that is not enabled)."""
         d = self.to_dict()
         d.pop("monitor", None)
         if not self.background.enabled:  # mode off or p = 0: trains exactly as without the section
             d.pop("background", None)
         for key in ("data_dir", "download", "num_workers"):
             d["data"].pop(key)
+        for key in ("cache", "strict"):  # speed / error handling, never the trained weights
+            d["data"].pop(key, None)
         for key in EXECUTION_KEYS:
             d["train"].pop(key, None)
         d.pop("recipe")

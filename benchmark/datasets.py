@@ -4,7 +4,8 @@ Every dataset yields :class:`Batch` es of uint8 images ``(B, C, H, W)`` with int
 images' positions in the split; augmentation and normalisation happen later, batched, on the
 training device. Small datasets (Fashion-MNIST, CIFAR, STL-10) are held as one uint8 tensor
 (:class:`ArrayDataset`) that moves to the GPU once; ImageFolder-style data (ImageNet, Imagenette)
-is decoded per image in DataLoader workers (:class:`FolderDataset`).
+is decoded per image in DataLoader workers (:class:`FolderDataset`) or, when it is small enough,
+decoded once into a cache file and held in memory like the others (:class:`FolderArrays`).
 
 Nothing downloads unless ``download=True`` (``--download``). A missing or unreadable dataset
 raises one :class:`~sslbench.benchmark.errors.DatasetError` naming every place looked in and how
@@ -18,23 +19,30 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib.resources
+import io
 import json
 import math
 import os
 import pickle
+import statistics
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from sslbench.benchmark.errors import ConfigError, DatasetError, unknown_name
+
+if TYPE_CHECKING:
+    from sslbench.benchmark.augment import CropSampler
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the original gzipped idx files.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -268,12 +276,95 @@ class ArrayDataset:
 # ----------------------------------------------------------------------------------------------
 # Folder splits (decoded per image)
 
+#: How a folder split frames its images: ``centre`` (evaluation: the shorter side resized to the
+#: image size, then the centre square) or ``full`` (training: the WHOLE image resized to a square
+#: canvas of ``load_size``, so that the batched RandomResizedCrop sees all of it).
+FRAMES = ("centre", "full")
+#: ``data.cache`` values: hold a folder split in memory, decoded once (see :func:`load_dataset`).
+CACHE_MODES = ("auto", "on", "off")
+#: ``cache="auto"`` holds a folder split in memory when its decoded images take at most this.
+CACHE_LIMIT_BYTES = 4 * 2**30
+#: Default training canvas side over the image size (256 for 224: the usual "resize 256, crop 224").
+LOAD_SIZE_RATIO = 8 / 7
+#: Files whose shorter side is read (from their headers) to choose the image and canvas sizes.
+SIZE_SAMPLE = 64
+#: Scans check every image file's first bytes up to this many files (always with ``strict``);
+#: above it, unreadable files are found when decoded (about 13 us per file, warm cache).
+HEADER_CHECK_MAX_FILES = 200_000
+#: A file that fails to decode is replaced by the next file of the split that decodes, up to
+#: this many tries (then by a black image).
+_REPLACEMENT_TRIES = 8
+#: Leading bytes of the formats in IMAGE_EXTENSIONS (a file's extension need not match its format).
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*",
+               b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+#: What PIL and torchvision raise for a file that is not a readable image.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, RuntimeError)
+
+
+def _note(message: str) -> None:
+    """One line about what a folder dataset found or chose, on stderr."""
+    print(f"sslbench: imagefolder: {message}", file=sys.stderr)
+
+
+def _pil_tensor(image: object) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _read_rgb(path: str, min_side: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Decodes an image file to uint8 RGB.
+
+    JPEG and PNG are decoded by ``torchvision.io`` (libjpeg-turbo / libpng; with the uint8 resize
+    below about 2.5x faster than PIL on 2 CPU cores, see ``bench_decode``); other formats by PIL. A
+    JPEG at least ``2 * min_side`` on both sides is decoded by PIL at the smallest libjpeg DCT scale
+    (1/2, 1/4, 1/8) that keeps both sides >= ``min_side``, which is much faster for large photos.
+    EXIF orientation is not applied (neither torchvision's ``ImageFolder`` nor ``decode_jpeg``
+    apply it by default).
+
+    Returns:
+        The image and the file's own (width, height).
+
+    Shape:
+        returns (3, h, w).
+    """
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        size = (int(im.size[0]), int(im.size[1]))
+        fmt = im.format
+        if fmt == "JPEG" and min(size) >= 2 * min_side:
+            im.draft("RGB", (min_side, min_side))
+            return _pil_tensor(im.convert("RGB")), size
+        if fmt not in ("JPEG", "PNG"):
+            return _pil_tensor(im.convert("RGB")), size
+        import torchvision.io as tio
+
+        try:
+            out = tio.decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=tio.ImageReadMode.RGB)
+            if out.dtype == torch.uint8 and out.shape[0] == 3:
+                return out, size
+        except RuntimeError:  # a variant libjpeg / libpng refuses (e.g. some CMYK JPEGs): PIL's turn
+            pass
+        return _pil_tensor(im.convert("RGB")), size
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bilinear resize of a uint8 image with antialiasing (torchvision's uint8 kernel; torchvision's
+    ``Resize`` default). Shape: image (3, h, w) -> (3, height, width)."""
+    if image.shape[-2:] == (height, width):
+        return image
+    from torchvision.transforms.v2 import functional as TF
+
+    out: torch.Tensor = TF.resize(image, [height, width], antialias=True)
+    return out
+
 
 def decode_image(path: str, image_size: int) -> torch.Tensor:
-    """Reads an image file as RGB, resizes its shorter side and centre-crops it to a square.
+    """Reads an image file as RGB, resizes its shorter side and centre-crops it to a square (the
+    evaluation frame, ``frame="centre"``).
 
     Args:
-        path: an image file PIL can read.
+        path: an image file (JPEG and PNG via ``torchvision.io``, others via PIL).
         image_size: side of the square output.
 
     Returns:
@@ -282,42 +373,126 @@ def decode_image(path: str, image_size: int) -> torch.Tensor:
     Shape:
         returns (3, image_size, image_size).
     """
-    from PIL import Image
-
-    with Image.open(path) as im:
-        # JPEG: let libjpeg decode at the smallest power-of-two scale still >= image_size on
-        # both sides (much faster for full-size ImageNet photos; the result is then resized).
-        im.draft("RGB", (image_size, image_size))
-        rgb = im.convert("RGB")
-    w, h = rgb.size
+    image, _ = _read_rgb(path, image_size)
+    h, w = image.shape[-2:]
     scale = image_size / min(w, h)
     new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-    rgb = rgb.resize((new_w, new_h), Image.Resampling.BICUBIC)  # PIL antialiases when shrinking
-    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-    rgb = rgb.crop((left, top, left + image_size, top + image_size))
-    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    image = _resize(image, new_h, new_w)
+    top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
+    return image[:, top : top + image_size, left : left + image_size].contiguous()
 
 
-_Item = tuple[torch.Tensor, int, int]  # (image, label, index)
+def decode_full_frame(path: str, load_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reads an image file as RGB and resizes the WHOLE image to a ``load_size`` square (the
+    training frame, ``frame="full"``): nothing is cropped, so a box covering a fraction of the
+    canvas covers the same fraction of the original image; the aspect ratio is squashed, which
+    :class:`FullFrameCropSampler` undoes for the crops.
+
+    Returns:
+        The canvas and the file's own (width, height).
+
+    Shape:
+        returns (3, load_size, load_size).
+    """
+    image, size = _read_rgb(path, load_size)
+    return _resize(image, load_size, load_size), size
+
+
+class FullFrameCropSampler:
+    """RandomResizedCrop drawn on each image's original frame, placed on its full-frame canvas.
+
+    A full-frame canvas (:func:`decode_full_frame`) is the whole image resized to a square, so
+    area fractions of the canvas are area fractions of the original, but the canvas's aspect ratio
+    is 1, not the image's. This sampler draws torchvision's RandomResizedCrop on a frame of the
+    image's own aspect ratio ``a = width / height``: area fraction ~ U(scale), log aspect ratio ~
+    U(log ratio), the first of the tries that fits wins; none fits -> the centre crop with ``a``
+    clamped into ``ratio``. The box is then mapped onto the canvas (x scaled by canvas width / a),
+    so after the resize to the view size the crop shows the original content with torchvision's
+    distortion distribution. With ``a = canvas width / height`` it gives the boxes of
+    :func:`sslbench.benchmark.augment.sample_view_params`' own RandomResizedCrop from the same
+    draws. A ``CropSampler`` for :class:`~sslbench.benchmark.augment.BatchAugment`.
+
+    Args:
+        aspect: each image's original width / height (positive).
+
+    Shape:
+        aspect: (B,).
+    """
+
+    def __init__(self, aspect: torch.Tensor) -> None:
+        if aspect.dim() != 1 or not bool(torch.isfinite(aspect).all()) or not bool((aspect > 0).all()):
+            raise ValueError(f"aspect must be a 1-D tensor of positive ratios, got {aspect!r}")
+        self.aspect = aspect
+
+    def __call__(self, u: torch.Tensor, height: int, width: int, scale: tuple[float, float],
+                 ratio: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+        """Boxes ``(top, left, height, width)`` in canvas pixels from RandomResizedCrop's uniform
+        columns (``2 * tries`` for area and aspect ratio, then two for the position).
+
+        Shape:
+            u: (B, 2 * tries + 2); returns (B, 4).
+        """
+        if u.shape[0] != self.aspect.shape[0]:
+            raise ValueError(f"{u.shape[0]} crops asked for {self.aspect.shape[0]} images")
+        n = (u.shape[1] - 2) // 2
+        a = self.aspect.to(device=u.device, dtype=u.dtype)
+        area = a[:, None] * (scale[0] + (scale[1] - scale[0]) * u[:, :n])  # the frame is a x 1
+        log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+        r = torch.exp(log_lo + (log_hi - log_lo) * u[:, n : 2 * n])
+        w, h = torch.sqrt(area * r), torch.sqrt(area / r)
+        fits = (w <= a[:, None]) & (h <= 1.0)
+        first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+        w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+        any_fit = fits.any(dim=1)
+        fb_w = a.clamp(max=ratio[1])  # centre crop: the whole frame, its aspect clamped into ratio
+        fb_h = torch.where(a < ratio[0], a / ratio[0], torch.ones_like(a))
+        w, h = torch.where(any_fit, w, fb_w), torch.where(any_fit, h, fb_h)
+        top = torch.where(any_fit, u[:, 2 * n] * (1.0 - h), (1.0 - h) / 2)
+        left = torch.where(any_fit, u[:, 2 * n + 1] * (a - w), (a - w) / 2)
+        sx = width / a
+        return torch.stack((top * height, left * sx, h * height, w * sx), dim=1)
+
+
+def full_frame_sampler(dataset: object, indices: torch.Tensor) -> CropSampler | None:
+    """The crop sampler a training batch at ``indices`` needs: a :class:`FullFrameCropSampler`
+    for a full-frame folder split (:class:`FolderDataset` or :class:`FolderArrays` with
+    ``frame="full"``), None for any other dataset (RandomResizedCrop on the batch as it is)."""
+    method = getattr(dataset, "crop_sampler", None)
+    return method(indices) if callable(method) else None
+
+
+_Item = tuple[torch.Tensor, int, int, int, int, bool]  # (image, label, index, width, height, replaced)
 
 
 class _DecodedImages(Dataset[_Item]):
-    """Map-style dataset for the DataLoader workers; a file that cannot be decoded gives label
-    -1 (and a black image) so that the main process can raise a clean error naming it."""
+    """Map-style dataset for the DataLoader workers. A file that cannot be decoded is replaced by
+    the next file of the split that can (its label, the asked index) and flagged, so that the
+    main process counts it (or, with ``strict``, raises a clean error naming it); a worker never
+    dies of a bad file."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], image_size: int) -> None:
+    def __init__(self, samples: Sequence[tuple[str, int]], frame: str, side: int) -> None:
         self.samples = samples
-        self.image_size = image_size
+        self.frame = frame
+        self.side = side
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _decode(self, path: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        if self.frame == "full":
+            return decode_full_frame(path, self.side)
+        image = decode_image(path, self.side)
+        return image, (self.side, self.side)
+
     def __getitem__(self, index: int) -> _Item:
-        path, label = self.samples[index]
-        try:
-            return decode_image(path, self.image_size), label, index
-        except (OSError, ValueError, SyntaxError):  # PIL raises all three for bad files
-            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), -1, index
+        for k in range(_REPLACEMENT_TRIES + 1):
+            path, label = self.samples[(index + k) % len(self.samples)]
+            try:
+                image, (w, h) = self._decode(path)
+            except _DECODE_ERRORS:  # PIL raises OSError, ValueError, SyntaxError; torchvision RuntimeError
+                continue
+            return image, label, index, w, h, k > 0
+        return torch.zeros(3, self.side, self.side, dtype=torch.uint8), -1, index, 1, 1, True
 
 
 class _OrderSampler(Sampler[int]):
@@ -335,19 +510,31 @@ class _OrderSampler(Sampler[int]):
 
 
 class FolderDataset:
-    """An ImageFolder-style split (``root/<class>/<image>``) decoded per image in workers.
+    """An ImageFolder-style split (``root/<class>/<image>``, or unlabelled images) decoded per
+    image in DataLoader workers.
 
-    Each image is resized (shorter side) and centre-cropped to ``info.image_size`` and returned
-    as uint8, so the same batched augmentation consumes it as in-memory data. Batches come back
-    on the CPU (pinned when CUDA is available). One DataLoader per (batch_size, drop_last) is
-    kept with persistent workers; do not iterate two epochs of the same dataset at once.
+    Two frames (``frame``): ``centre`` (evaluation) resizes each image's shorter side to
+    ``info.image_size`` and takes the centre square; ``full`` (training) resizes the whole image
+    to a ``load_size`` square, so that the batched augmentation's RandomResizedCrop sees the full
+    photo (area fractions are fractions of the original image) and crops it to the image size;
+    :meth:`crop_sampler` gives the boxes in each image's own aspect ratio. Images are returned as
+    uint8, so the same batched augmentation consumes them as in-memory data. Batches come back on
+    the CPU (pinned when CUDA is available). One DataLoader per (batch_size, drop_last) is kept
+    with persistent workers; do not iterate two epochs of the same dataset at once.
+
+    A file that fails to decode is replaced by the next file of the split that decodes (its image
+    and label, at the asked index) and counted: each epoch that meets new ones prints how many and
+    one path. With ``strict`` the first one raises :class:`DatasetError` instead.
 
     Args:
-        samples: (file path, class index) of every image, in a fixed order.
+        samples: (file path, class index or -1 when unlabelled) of every image, in a fixed order.
         classes: class folder names; class index i is ``classes[i]``.
-        info: the dataset's description (``image_size`` is the output size).
+        info: the dataset's description (``image_size`` is the size the model sees).
         split: the split's name.
         num_workers: decoding processes (0 decodes in the main process).
+        frame: ``centre`` or ``full`` (see above).
+        load_size: the ``full`` frame's canvas side (default: ``info.image_size``); >= the image size.
+        strict: raise on the first file that fails to decode instead of replacing it.
     """
 
     def __init__(
@@ -357,24 +544,42 @@ class FolderDataset:
         info: DatasetInfo,
         split: str,
         num_workers: int = 2,
+        *,
+        frame: str = "centre",
+        load_size: int | None = None,
+        strict: bool = False,
     ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if frame not in FRAMES:
+            raise ValueError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+        side = info.image_size if frame == "centre" or load_size is None else load_size
+        if side < info.image_size:
+            raise ValueError(f"load_size {side} is smaller than the image size {info.image_size}")
         self.samples = list(samples)
         self.classes = tuple(classes)
         self.info = info
         self.split = split
         self.num_workers = num_workers
+        self.frame = frame
+        self.side = side
+        self.strict = strict
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+        #: each image's original width / height, known once it has been decoded (NaN before)
+        self.frame_aspect = torch.full((len(self.samples),), math.nan)
+        #: indices of the files that failed to decode (and were replaced)
+        self.unreadable: set[int] = set()
         self._loaders: dict[tuple[int, bool], tuple[DataLoader[_Item], _OrderSampler]] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __repr__(self) -> str:
+        frame = f"full frame {self.side}px -> {self.info.image_size}px" if self.frame == "full" else (
+            f"{self.info.image_size}px centre")
         return (
             f"FolderDataset('{self.info.name}', split='{self.split}', {len(self)} images, "
-            f"{len(self.classes)} classes, {self.info.image_size}px)"
+            f"{len(self.classes)} classes, {frame})"
         )
 
     @property
@@ -385,6 +590,20 @@ class FolderDataset:
     def num_batches(self, batch_size: int, drop_last: bool) -> int:
         """How many batches :meth:`batches` yields per epoch."""
         return _num_batches(len(self), batch_size, drop_last)
+
+    def crop_sampler(self, indices: torch.Tensor) -> CropSampler | None:
+        """For a batch just yielded by :meth:`batches`: the :class:`FullFrameCropSampler` of its
+        images with the ``full`` frame (None with ``centre``).
+
+        Shape:
+            indices: (B,).
+        """
+        if self.frame != "full":
+            return None
+        aspect = self.frame_aspect[indices.cpu()]
+        if bool(aspect.isnan().any()):
+            raise ValueError("crop_sampler() needs indices of images already decoded by batches()")
+        return FullFrameCropSampler(aspect)
 
     def batches(
         self,
@@ -410,7 +629,7 @@ class FolderDataset:
         if key not in self._loaders:
             sampler = _OrderSampler(len(self))
             loader = DataLoader(
-                _DecodedImages(self.samples, self.info.image_size),
+                _DecodedImages(self.samples, self.frame, self.side),
                 batch_size=batch_size,
                 sampler=sampler,
                 drop_last=drop_last,
@@ -422,23 +641,77 @@ class FolderDataset:
         return self._loaders[key]
 
     def _iterate(self, loader: DataLoader[_Item]) -> Iterator[Batch]:
-        for images, labels, indices in loader:
-            bad = (labels < 0).nonzero()
-            if len(bad):
-                self._raise_unreadable(int(indices[bad[0, 0]]))
+        fresh: list[int] = []
+        for images, labels, indices, widths, heights, replaced in loader:
+            self.frame_aspect[indices] = widths.double().div(heights.double()).float()
+            if bool(replaced.any()):
+                bad = indices[replaced].tolist()
+                if self.strict:
+                    self._raise_unreadable(bad[0])
+                fresh += [i for i in bad if i not in self.unreadable]
+                self.unreadable.update(bad)
             yield Batch(images, labels, indices)
+        if fresh:
+            _note(f"{len(fresh)} image file(s) of split '{self.split}' failed to decode and were "
+                  f"replaced by the next readable image (e.g. '{self.samples[fresh[0]][0]}'); "
+                  "data.strict=true makes this an error.")
 
     def _raise_unreadable(self, index: int) -> None:
         path = self.samples[index][0]
         try:  # decode again here, for the reason
-            decode_image(path, self.info.image_size)
+            _read_rgb(path, self.side)
             reason = "it failed to decode in a worker"
-        except (OSError, ValueError, SyntaxError) as exc:
+        except _DECODE_ERRORS as exc:
             reason = str(exc) or type(exc).__name__
         raise DatasetError(
             f"Cannot read image file '{path}' of dataset '{self.info.name}' ({reason}).",
-            "Replace or delete the file (it is corrupt, truncated or not an image).",
+            "Replace or delete the file (it is corrupt, truncated or not an image), or drop "
+            "data.strict to skip such files with a warning.",
         )
+
+
+@dataclass(frozen=True, eq=False)
+class FolderArrays(ArrayDataset):
+    """A folder split decoded once and held in memory (``data.cache``), loaded from the cache
+    file; it trains exactly as the :class:`FolderDataset` it was decoded from (same pixels, same
+    replacements), at the in-memory speed.
+
+    Attributes:
+        classes: class folder names.
+        frame: ``centre`` or ``full``, as the FolderDataset's.
+        frame_aspect: each image's original width / height (``full`` frame).
+        cache_file: the file the images were read from.
+
+    Shape:
+        frame_aspect: (N,).
+    """
+
+    classes: tuple[str, ...] = ()
+    frame: str = "centre"
+    frame_aspect: torch.Tensor | None = None
+    cache_file: str = ""
+
+    def __repr__(self) -> str:
+        _, c, h, w = self.images.shape
+        return (f"FolderArrays('{self.info.name}', split='{self.split}', {len(self)} images {c}x{h}x{w}, "
+                f"{self.frame} frame, device={self.device}, cache='{self.cache_file}')")
+
+    def to(self, device: torch.device | str) -> FolderArrays:
+        """Returns the split with its tensors on ``device`` (one copy, done once)."""
+        aspect = None if self.frame_aspect is None else self.frame_aspect.to(device)
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device), frame_aspect=aspect)
+
+    def subset(self, indices: torch.Tensor) -> FolderArrays:
+        """Returns the images at ``indices`` as a new split (see :meth:`ArrayDataset.subset`)."""
+        out = super().subset(indices)
+        aspect = None if self.frame_aspect is None else self.frame_aspect[indices.to(self.frame_aspect.device)]
+        return replace(self, images=out.images, labels=out.labels, frame_aspect=aspect)
+
+    def crop_sampler(self, indices: torch.Tensor) -> CropSampler | None:
+        """As :meth:`FolderDataset.crop_sampler`. Shape: indices (B,)."""
+        if self.frame != "full" or self.frame_aspect is None:
+            return None
+        return FullFrameCropSampler(self.frame_aspect[indices.to(self.frame_aspect.device)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -520,6 +793,10 @@ def load_dataset(
     download: bool = False,
     image_size: int | None = None,
     num_workers: int = 2,
+    cache: str = "off",
+    strict: bool = False,
+    frame: str = "centre",
+    load_size: int | None = None,
 ) -> ArrayDataset | FolderDataset:
     """Loads one split of a registered dataset (on the CPU).
 
@@ -529,9 +806,21 @@ def load_dataset(
         data_dir: where the data lives (not needed for ``fashion-mnist-mini``); torchvision
             datasets default to ``$XDG_CACHE_HOME/sslbench/datasets`` (``~/.cache/...``).
         download: let torchvision fetch a missing dataset (needs internet); never implied.
-        image_size: output side for folder datasets (default 224). In-memory datasets keep
-            their native size and ignore it (the batched augmentation resizes).
+        image_size: output side for folder datasets (default: inferred from the images,
+            :func:`infer_image_size`). In-memory datasets keep their native size and ignore it
+            (the batched augmentation resizes).
         num_workers: decoding processes for folder datasets.
+        cache: folder datasets: ``auto`` holds the split in memory, decoded once into a cache
+            file (:func:`cached_split`), when it takes at most :data:`CACHE_LIMIT_BYTES`;
+            ``on`` always; ``off`` never (the default here, so that a library call writes no cache
+            file unless asked; ``data.cache`` defaults to ``auto``). A cached split is a
+            :class:`FolderArrays`.
+        strict: folder datasets: a corrupt or non-image file is an error instead of being
+            skipped (at scan time) or replaced (at decode time) with a printed count.
+        frame: folder datasets: ``centre`` (evaluation; shorter side resized, centre square) or
+            ``full`` (pretraining: the whole image on a ``load_size`` canvas, crops drawn on the
+            original frame by :func:`full_frame_sampler`). In-memory data is always whole.
+        load_size: the ``full`` frame's canvas side (default :func:`auto_load_size`: 256 for 224).
 
     Raises:
         UnknownNameError: ``name`` is not registered.
@@ -549,7 +838,17 @@ def load_dataset(
         raise ConfigError(
             f"num_workers must be >= 0, got {num_workers}.", "Pass 0 to decode in the main process."
         )
+    if cache not in CACHE_MODES or frame not in FRAMES or (load_size is not None and load_size < 1):
+        raise ConfigError(
+            f"Invalid folder options cache={cache!r}, frame={frame!r}, load_size={load_size!r}.",
+            f"cache is one of {', '.join(CACHE_MODES)}, frame one of {', '.join(FRAMES)}, load_size "
+            "a positive integer or None.",
+        )
     root = Path(data_dir).expanduser() if data_dir is not None else None
+    if entry.loader is _load_imagefolder:  # the folder dataset: its decode and cache options
+        return _load_imagefolder(split, data_dir=root, download=download, image_size=image_size,
+                                 num_workers=num_workers, cache=cache, strict=strict, frame=frame,
+                                 load_size=load_size)
     return entry.loader(
         split, data_dir=root, download=download, image_size=image_size, num_workers=num_workers
     )
@@ -984,65 +1283,349 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[str]:
-    """Image files below ``folder`` (recursively, following links), sorted."""
-    files = []
+def _image_files(folder: Path, *, recursive: bool = True) -> tuple[list[str], list[str]]:
+    """Files below ``folder`` (recursively, following links; hidden ones left out), sorted: those
+    with an image extension and the others."""
+    images: list[str] = []
+    others: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
-    return files
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        for f in sorted(filenames):
+            if not f.startswith("."):
+                (images if f.lower().endswith(IMAGE_EXTENSIONS) else others).append(os.path.join(dirpath, f))
+    return images, others
 
 
-def scan_image_folder(root: Path, split: str) -> tuple[list[tuple[str, int]], list[str], Path]:
-    """Finds the images of one split of ``root/<split>/<class>/<image>``.
+def image_header_ok(path: str) -> bool:
+    """Whether a file starts like a JPEG, PNG, BMP, TIFF, WebP or PPM/PGM image (a cheap check of
+    its first 16 bytes, not a decode)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
-    Class indices come from the ``train`` folder's class names (sorted) whenever it exists, so
-    that every split uses the same mapping. "test" falls back to "val" when there is no test
-    folder.
 
-    Returns:
-        (path, class index) per image, the class names, and the folder that was read.
-    """
+def _split_folder(root: Path, split: str) -> Path:
+    """The folder of a split: ``root/<split>``; "test" falls back to ``root/val``; "train" falls
+    back to ``root`` itself when it has none of train/, val/, test/ (an ImageFolder root, or a
+    flat folder of unlabelled images)."""
     candidates = [root / split] + ([root / "val"] if split == "test" else [])
     folder = next((c for c in candidates if c.is_dir()), None)
-    if folder is None:
-        present = _class_dirs(root) if root.is_dir() else []
-        raise DatasetError(
-            f"Dataset 'imagefolder' (split '{split}') not found. Looked in: "
-            f"{', '.join(str(c) for c in candidates)}"
-            + (f" ('{root}' holds: {', '.join(present)})." if present else "."),
-            "Pass --data-dir DIR laid out as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg "
-            "(or DIR/test/...); folder datasets cannot be downloaded by sslbench.",
-        )
-    train_folder = root / "train"
-    classes = _class_dirs(train_folder if train_folder.is_dir() else folder)
+    if folder is not None:
+        return folder
+    if split == "train" and root.is_dir() and not any((root / s).is_dir() for s in ("train", "val", "test")):
+        if any(not e.name.startswith(".") and (e.is_dir() or e.name.lower().endswith(IMAGE_EXTENSIONS))
+               for e in os.scandir(root)):
+            return root
+    present = _class_dirs(root) if root.is_dir() else []
+    raise DatasetError(
+        f"Dataset 'imagefolder' (split '{split}') not found. Looked in: "
+        f"{', '.join(str(c) for c in candidates)}"
+        + (f" ('{root}' holds: {', '.join(present)})." if present else "."),
+        "Pass --data-dir DIR laid out as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg "
+        "(or DIR/test/...), or DIR/*.jpg of unlabelled images for pretraining; folder datasets "
+        "cannot be downloaded by sslbench.",
+    )
+
+
+def scan_image_folder(
+    root: Path, split: str, *, strict: bool = False
+) -> tuple[list[tuple[str, int]], list[str], Path]:
+    """Finds the images of one split of an image folder.
+
+    Split folders: ``root/train``, ``root/val``, ``root/test``; "test" falls back to ``root/val``
+    when there is no test folder; "train" falls back to ``root`` itself when it has none of the
+    three. In a split folder, class subfolders (``<split>/<class>/**/<image>``) give labelled
+    images; a folder with no subfolders, only images, gives unlabelled images (label -1, as
+    STL-10's "unlabeled" split; fine for pretraining, refused by the protocols that need labels).
+    Class indices come from the ``train`` folder's class names (sorted) whenever it has class
+    folders, so that every split uses the same mapping.
+
+    Files without an image extension (:data:`IMAGE_EXTENSIONS`) are ignored, and so are image
+    files directly beside class folders (both counted in a printed note). Image files whose first
+    bytes are no image format's (:func:`image_header_ok`: empty, truncated to nothing, HTML saved
+    as .jpg...) are skipped with a printed count and one example, or, with ``strict``, raise. The
+    check reads 16 bytes per file; above :data:`HEADER_CHECK_MAX_FILES` files it is left to the
+    decoder (unless ``strict``), which replaces what it cannot read (:class:`FolderDataset`).
+
+    Returns:
+        (path, class index or -1) per image, the class names, and the folder that was read.
+
+    Raises:
+        DatasetError: no such split, unknown or empty class folders, no images, or (``strict``)
+            a file that is not an image.
+    """
+    folder = _split_folder(root, split)
+    train_folder = root / "train" if (root / "train").is_dir() else (root if folder == root else None)
+    train_classes = _class_dirs(train_folder) if train_folder is not None else []
     here = _class_dirs(folder)
-    unknown = sorted(set(here) - set(classes))
-    if unknown:
-        raise DatasetError(
-            f"Folder '{folder}' has class folders that '{train_folder}' lacks: {', '.join(unknown[:5])}.",
-            "Every split must use the training split's class folder names.",
-        )
-    if not here:
-        raise DatasetError(f"Folder '{folder}' has no class subfolders.",
-                           "Lay the images out as <split>/<class>/<image>.")
-    index = {c: i for i, c in enumerate(classes)}
     samples: list[tuple[str, int]] = []
-    empty = []
-    for c in here:
-        files = _image_files(folder / c)
-        empty += [] if files else [c]
-        samples += [(f, index[c]) for f in files]
-    if empty:
-        raise DatasetError(
-            f"Class folder(s) {', '.join(empty[:5])} in '{folder}' hold no images "
-            f"({', '.join(IMAGE_EXTENSIONS)}).",
-            "Remove the empty folders or add the images.",
-        )
+    ignored: list[str] = []
+    if here:
+        classes = train_classes or here
+        unknown = sorted(set(here) - set(classes))
+        if unknown:
+            raise DatasetError(
+                f"Folder '{folder}' has class folders that '{train_folder}' lacks: {', '.join(unknown[:5])}.",
+                "Every split must use the training split's class folder names.",
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        empty = []
+        for c in here:
+            files, others = _image_files(folder / c)
+            empty += [] if files else [c]
+            samples += [(f, index[c]) for f in files]
+            ignored += others
+        if empty:
+            raise DatasetError(
+                f"Class folder(s) {', '.join(empty[:5])} in '{folder}' hold no images "
+                f"({', '.join(IMAGE_EXTENSIONS)}).",
+                "Remove the empty folders or add the images.",
+            )
+        loose, others = _image_files(folder, recursive=False)
+        ignored += loose + others
+    else:
+        classes = train_classes
+        files, ignored = _image_files(folder, recursive=False)
+        if not files:
+            raise DatasetError(
+                f"Folder '{folder}' holds no class subfolders and no images ({', '.join(IMAGE_EXTENSIONS)}).",
+                "Lay the images out as <split>/<class>/<image> (labelled) or <split>/<image> (unlabelled).",
+            )
+        samples = [(f, -1) for f in files]
+    if ignored:
+        _note(f"ignored {len(ignored)} file(s) in '{folder}' that are not images of a class folder "
+              f"(e.g. '{ignored[0]}').")
+    if strict or len(samples) <= HEADER_CHECK_MAX_FILES:
+        bad = [s for s in samples if not image_header_ok(s[0])]
+        if bad and strict:
+            raise DatasetError(
+                f"{len(bad)} file(s) of '{folder}' are not images (e.g. '{bad[0][0]}': its first bytes "
+                "are no JPEG, PNG, BMP, TIFF, WebP or PPM header).",
+                "Replace or delete them, or drop data.strict (--strict-data) to skip them with a warning.",
+            )
+        if bad:
+            skipped = {s[0] for s in bad}
+            samples = [s for s in samples if s[0] not in skipped]
+            _note(f"skipped {len(bad)} corrupt or non-image file(s) in '{folder}' (e.g. '{bad[0][0]}'); "
+                  "data.strict=true makes this an error.")
+            if not samples:
+                raise DatasetError(f"No readable images in '{folder}'.", "Check the files.")
     return samples, classes, folder
 
 
-@register_dataset(
+def _shorter_sides(samples: Sequence[tuple[str, int]], count: int = SIZE_SAMPLE) -> list[int]:
+    """The shorter sides of up to ``count`` images spread evenly over the split (read from the
+    file headers, not decoded)."""
+    from PIL import Image
+
+    n = min(count, len(samples))
+    picks = sorted({round(i * (len(samples) - 1) / max(1, n - 1)) for i in range(n)})
+    sides = []
+    for i in picks:
+        try:
+            with Image.open(samples[i][0]) as im:
+                sides.append(min(im.size))
+        except _DECODE_ERRORS:
+            continue
+    return sides
+
+
+def infer_image_size(shorter_sides: Sequence[int], default: int = 224) -> tuple[int, str]:
+    """The image size of a folder given no ``data.image_size``: the default (224) for photos,
+    the images' own size for small images.
+
+    Rule, on the shorter sides of a sample of the images: median >= ``default`` -> ``default``;
+    otherwise the common shorter side when every sampled image has the same one (a CIFAR-sized
+    folder trains at 32 px, not at 224, which was ~20x slower), else the median rounded to a
+    multiple of 8 -- unless the sizes vary widely (90th percentile > 2x the 10th), which is an
+    error asking for ``data.image_size``.
+
+    Returns:
+        The size and a phrase saying why.
+
+    Raises:
+        DatasetError: small images of widely varying sizes.
+    """
+    if not shorter_sides:
+        return default, "the default (no image header could be read)"
+    sides = sorted(shorter_sides)
+    median = int(statistics.median(sides))
+    if median >= default:
+        return default, f"the default; the images' median shorter side is {median} px"
+    lo, hi = sides[int(0.1 * (len(sides) - 1))], sides[math.ceil(0.9 * (len(sides) - 1))]
+    if hi > 2 * lo:
+        raise DatasetError(
+            f"The images' sizes vary widely (shorter sides {lo}-{hi} px between the 10th and 90th "
+            f"percentiles of {len(sides)} sampled images, median {median} px), so no image size can be "
+            "inferred.",
+            "Set data.image_size (e.g. --set data.image_size=" + f"{max(8, round(median / 8) * 8)}).",
+        )
+    if sides[0] == sides[-1]:
+        return sides[0], f"the images' shorter side ({len(sides)} sampled)"
+    size = max(8, round(median / 8) * 8)
+    return size, f"the images' median shorter side {median} px, rounded to a multiple of 8"
+
+
+def infer_folder_image_size(data_dir: str | Path) -> tuple[int, str]:
+    """The image size an image folder's training split infers (:func:`infer_image_size`), without
+    loading it: for choosing a recipe before the data is loaded (one walk of the file names, 64
+    headers read).
+
+    Raises:
+        DatasetError: no training split, or small images of widely varying sizes.
+    """
+    folder = _split_folder(Path(data_dir).expanduser().resolve(), "train")
+    files, _ = _image_files(folder)
+    return infer_image_size(_shorter_sides([(f, -1) for f in files]), dataset_info("imagefolder").image_size)
+
+
+def auto_load_size(image_size: int, shorter_sides: Sequence[int]) -> int:
+    """The ``full`` frame's canvas side when ``data.load_size`` is not set: ``LOAD_SIZE_RATIO x``
+    the image size (256 for 224), but not above the images' median shorter side (no upsampling of
+    small images: a 32-px folder keeps 32-px canvases) and not below the image size."""
+    target = round(image_size * LOAD_SIZE_RATIO)
+    if shorter_sides:
+        target = min(target, int(statistics.median(shorter_sides)))
+    return max(image_size, target)
+
+
+def folder_cache_dir() -> Path:
+    """Where decoded folder splits are cached: ``$SSLBENCH_CACHE``, else
+    ``$XDG_CACHE_HOME/sslbench`` (``~/.cache/sslbench``), in a subfolder ``imagefolder``."""
+    base = os.environ.get("SSLBENCH_CACHE")
+    if not base:
+        base = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sslbench")
+    return Path(base).expanduser() / "imagefolder"
+
+
+_CACHE_VERSION = 1  # bump when decoding changes the pixels
+
+
+def cache_key(ds: FolderDataset) -> str:
+    """Names a split's cache file: a hash of its files (path, label, size, mtime), frame, canvas
+    side and image size, and the cache format version; any change to the folder gives a new file."""
+    h = hashlib.sha256(json.dumps([_CACHE_VERSION, ds.frame, ds.side, ds.info.image_size]).encode())
+    for path, label in ds.samples:
+        st = os.stat(path)
+        h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def cache_bytes(ds: FolderDataset) -> int:
+    """Bytes of the split decoded as one uint8 tensor."""
+    return len(ds) * 3 * ds.side * ds.side
+
+
+def _read_cache(path: Path, ds: FolderDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]] | None:
+    """The cached images, labels, aspects and replaced paths, or None when the file is missing,
+    unreadable or does not fit ``ds``. Read with ``allow_pickle=False``: a cache file is only data."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels, aspect = z["images"], z["labels"], z["aspect"]
+            replaced = [str(p) for p in z["replaced"]]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        _note(f"cache file '{path}' is unreadable ({type(exc).__name__}); decoding again.")
+        return None
+    if images.shape != (len(ds), 3, ds.side, ds.side) or images.dtype != np.uint8 or labels.shape != (len(ds),):
+        _note(f"cache file '{path}' does not fit the folder; decoding again.")
+        return None
+    return images, labels, aspect, replaced
+
+
+def _write_cache(path: Path, ds: FolderDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Decodes every image of ``ds`` (with its workers, in order) and writes the cache file
+    atomically (a failed write is a note: the decoded split is still used)."""
+    from sslbench.benchmark.files import atomic_write
+
+    _note(f"decoding {len(ds):,} images of split '{ds.split}' once into the cache "
+          f"({cache_bytes(ds) / 2**30:.2f} GiB): '{path}'.")
+    images = np.empty((len(ds), 3, ds.side, ds.side), dtype=np.uint8)
+    labels = np.empty(len(ds), dtype=np.int64)
+    for batch in ds.batches(256):
+        idx = batch.indices.numpy()
+        images[idx] = batch.images.numpy()
+        labels[idx] = batch.labels.numpy()
+    aspect = ds.frame_aspect.numpy().astype(np.float32)
+    replaced = [ds.samples[i][0] for i in sorted(ds.unreadable)]
+    try:
+        atomic_write(path, lambda f: np.savez(f, images=images, labels=labels, aspect=aspect,
+                                              replaced=np.array(replaced, dtype=str)))
+    except OSError as exc:
+        _note(f"could not write the cache file '{path}' ({exc}); the split is held in memory for this run only.")
+    return images, labels, aspect, replaced
+
+
+def cached_split(ds: FolderDataset, cache: str) -> FolderArrays | None:
+    """The split held in memory, from its cache file (decoded and written on first use), or None
+    when it is not to be cached.
+
+    Args:
+        ds: the split as decoded per image.
+        cache: ``on`` (always), ``auto`` (when :func:`cache_bytes` <= :data:`CACHE_LIMIT_BYTES`) or
+            ``off`` (never).
+    """
+    if cache not in CACHE_MODES:
+        raise ConfigError(f"data.cache={cache!r} is invalid: it must be one of {', '.join(CACHE_MODES)}.",
+                          "Fix data.cache.")
+    if cache == "off":
+        return None
+    if cache == "auto" and cache_bytes(ds) > CACHE_LIMIT_BYTES:
+        _note(f"split '{ds.split}' is decoded per image: {cache_bytes(ds) / 2**30:.1f} GiB decoded exceeds "
+              f"the {CACHE_LIMIT_BYTES / 2**30:.0f} GiB cache limit (data.cache=on caches it anyway).")
+        return None
+    path = folder_cache_dir() / f"{ds.split}-{ds.frame}{ds.side}-{cache_key(ds)}.npz"
+    found = _read_cache(path, ds)
+    images, labels, aspect, replaced = found if found is not None else _write_cache(path, ds)
+    if replaced:
+        if ds.strict:
+            raise DatasetError(
+                f"{len(replaced)} image file(s) of '{ds.info.source}' cannot be decoded (e.g. '{replaced[0]}').",
+                "Replace or delete them, or drop data.strict to skip them with a warning.")
+        if found is not None:
+            _note(f"{len(replaced)} image file(s) of split '{ds.split}' failed to decode and are replaced by "
+                  f"the next readable image (e.g. '{replaced[0]}').")
+    return FolderArrays(torch.from_numpy(images), torch.from_numpy(labels), ds.info, ds.split,
+                        classes=ds.classes, frame=ds.frame, frame_aspect=torch.from_numpy(aspect),
+                        cache_file=str(path))
+
+
+def _load_imagefolder(split: str, *, data_dir: Path | None, download: bool, image_size: int | None,
+                      num_workers: int, cache: str = "off", strict: bool = False, frame: str = "centre",
+                      load_size: int | None = None) -> FolderDataset | FolderArrays:
+    if data_dir is None:
+        raise DatasetError(
+            "Dataset 'imagefolder' needs a folder of images, and none was given.",
+            "Pass --data-dir DIR laid out as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg.",
+        )
+    samples, classes, folder = scan_image_folder(data_dir.resolve(), split, strict=strict)
+    sides = _shorter_sides(samples)
+    if image_size is None:
+        image_size, why = infer_image_size(sides, dataset_info("imagefolder").image_size)
+        _note(f"image_size {image_size} for split '{split}' ({why}); set data.image_size to choose.")
+    elif sides and image_size > 2 * statistics.median(sides):
+        _note(f"data.image_size={image_size} upsamples images whose median shorter side is "
+              f"{statistics.median(sides):g} px (leave data.image_size unset to train at their size).")
+    side = None
+    if frame == "full":
+        side = load_size if load_size is not None else auto_load_size(image_size, sides)
+        if side < image_size:
+            raise ConfigError(f"data.load_size={side} is smaller than the image size {image_size}.",
+                              "Leave data.load_size unset or set it >= data.image_size.")
+    info = replace(dataset_info("imagefolder"), num_classes=len(classes), image_size=image_size, source=str(folder))
+    ds = FolderDataset(samples, classes, info, split, num_workers=num_workers, frame=frame, load_size=side,
+                       strict=strict)
+    cached = cached_split(ds, cache)
+    return cached if cached is not None else ds
+
+
+# Registered by a call rather than a decorator, so that _load_imagefolder keeps its own signature
+# (load_dataset passes it the folder options: cache, strict, frame, load_size).
+register_dataset(
     "imagefolder",
     info=DatasetInfo(
         name="imagefolder",
@@ -1055,22 +1638,7 @@ def scan_image_folder(root: Path, split: str) -> tuple[list[tuple[str, int]], li
         source="your images: --data-dir DIR with DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg",
     ),
     splits=("train", "val", "test"),
-)
-def _load_imagefolder(split: str, *, data_dir: Path | None, download: bool,
-                      image_size: int | None, num_workers: int) -> FolderDataset:
-    if data_dir is None:
-        raise DatasetError(
-            "Dataset 'imagefolder' needs a folder of images, and none was given.",
-            "Pass --data-dir DIR laid out as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg.",
-        )
-    samples, classes, folder = scan_image_folder(data_dir.resolve(), split)
-    info = replace(
-        dataset_info("imagefolder"),
-        num_classes=len(classes),
-        image_size=image_size or dataset_info("imagefolder").image_size,
-        source=str(folder),
-    )
-    return FolderDataset(samples, classes, info, split, num_workers=num_workers)
+)(_load_imagefolder)
 
 
 # ----------------------------------------------------------------------------------------------

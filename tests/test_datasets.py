@@ -540,12 +540,13 @@ def test_decode_image_centre_crops_the_shorter_side(tmp_path: Path) -> None:
     assert abs(int(small[0, 0, 16]) - 5 * 24) <= 6  # centre column stays the centre
 
 
-def test_imagefolder_test_falls_back_to_val_and_default_size(tmp_path: Path) -> None:
+def test_imagefolder_test_falls_back_to_val_and_infers_the_size(tmp_path: Path) -> None:
     _make_folder(tmp_path)
     ds = D.load_dataset("imagefolder", "test", data_dir=str(tmp_path), num_workers=0)
-    assert len(ds) == 6 and ds.info.image_size == 224 and ds.info.source == str(tmp_path.resolve() / "val")
+    # shorter sides 24, 24, 33 per class: the median 24 (tests/test_image_folders.py has the rule)
+    assert len(ds) == 6 and ds.info.image_size == 24 and ds.info.source == str(tmp_path.resolve() / "val")
     (batch,) = list(ds.batches(8))
-    assert batch.images.shape == (6, 3, 224, 224)
+    assert batch.images.shape == (6, 3, 24, 24)
 
 
 def test_imagefolder_with_worker_processes(tmp_path: Path) -> None:
@@ -577,8 +578,9 @@ def test_imagefolder_corrupt_image_is_named(tmp_path: Path) -> None:
     _make_folder(tmp_path)
     bad = tmp_path / "train" / "cat" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    ds = D.load_dataset("imagefolder", "train", data_dir=str(tmp_path), image_size=8, num_workers=0)
-    with pytest.raises(DatasetError) as err:
+    with pytest.raises(DatasetError) as err:  # strict: named at the scan (skipped otherwise)
+        ds = D.load_dataset("imagefolder", "train", data_dir=str(tmp_path), image_size=8, num_workers=0,
+                            strict=True)
         list(ds.batches(16))
     assert str(bad.resolve()) in str(err.value)
 
