@@ -73,6 +73,14 @@ def _protocol_names(text: str) -> list[str]:
     return names
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    """``"0.485,0.456,0.406"`` -> a tuple of floats (argparse type)."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -170,7 +178,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from sslbench.benchmark.config import config_from_dict
     from sslbench.benchmark.datasets import dataset_info
-    from sslbench.benchmark.encoders import load_any_encoder
+    from sslbench.benchmark.encoders import fit_to_data, load_any_encoder
     from sslbench.benchmark.engine import identity_tags, resolve_device
     from sslbench.benchmark.evaluate import (
         evaluate_and_log,
@@ -186,7 +194,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     protocols = _protocol_names(args.protocol)
     device = resolve_device(args.device)
     encoder, source = load_any_encoder(args.checkpoint, backbone=args.backbone, in_chans=args.in_chans,
-                                       image_size=args.image_size, map_location=device)
+                                       image_size=args.image_size, mean=args.mean, std=args.std,
+                                       map_location=device)
     dataset = args.dataset or source.dataset
     train = test = None
     if needs_classification_splits(protocols):
@@ -195,15 +204,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                 "evaluate on.", "Pass --dataset (`sslbench datasets` lists them).")
         train, test = load_eval_splits(dataset, data_dir=args.data_dir, image_size=source.image_size,
                                        device=device)
-        if train.info.channels != source.in_chans:
-            raise SSLBenchError(
-                f"The encoder takes {source.in_chans}-channel images but '{dataset}' has "
-                f"{train.info.channels}.", "Evaluate on a dataset with the same number of channels.")
-    if source.mean is not None and source.std is not None:  # the pretraining normalisation
-        normalization = (source.mean, source.std, source.image_size)
-    else:  # a plain state dict: the evaluation data's own (ImageNet's for ImageNet weights)
-        info = dataset_info(dataset or ("imagefolder" if source.in_chans == 3 else "fashion-mnist"))
-        normalization = (info.mean, info.std, source.image_size)
+    # The weights' own normalisation (checkpoint, --mean/--std, timm's pretrained_cfg), else the
+    # evaluation data's; RGB weights on grayscale data get the channel repeated (encoders.py).
+    info = train.info if train is not None else dataset_info(
+        dataset or ("imagefolder" if source.in_chans == 3 else "fashion-mnist"))
+    encoder, normalization, where = fit_to_data(encoder, source, train.info.channels if train is not None else None,
+                                                tuple(info.mean), tuple(info.std))
+    if source.mean is None and train is not None:
+        print(f"note: '{source.backbone}' weights do not say how their inputs were normalised: using "
+              f"{info.name}'s mean and std (pass --mean/--std if they were trained with others).", file=sys.stderr)
     options = {"normalization": normalization, "detection_dataset": args.detection_dataset,
                "detection_data_dir": args.detection_data_dir}
     if args.subset:
@@ -223,6 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tags = {"method": "external", "recipe": Path(source.path).stem, "dataset": "external",
                 "backbone": source.backbone, "source_file": Path(source.path).name,
                 "source_sha256": source.sha256, **provenance_tags(str(device))}
+    tags["source_normalization"] = where  # logged with the eval runs (a source_ tag)
     tracking, parent = _tracking(args), source.mlflow_run_id
     if parent is not None and tracking is not None:
         from sslbench.results.tracking import run_status
@@ -522,7 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--backbone", help="the backbone of a plain timm / torchvision state dict")
     p.add_argument("--in-chans", type=int, help="input channels of a plain state dict (default 3)")
-    p.add_argument("--image-size", type=int, help="input size of a plain state dict (default 224)")
+    p.add_argument("--image-size", type=int, help="input size of a plain state dict (default: timm's for the "
+                   "backbone name, else 224)")
+    p.add_argument("--mean", type=_floats, help="per-channel mean a plain state dict was trained with, e.g. "
+                   "0.485,0.456,0.406 (default: timm's pretrained_cfg for the backbone name, else the data's)")
+    p.add_argument("--std", type=_floats, help="per-channel std, with --mean")
     p.add_argument("--subset", help="labelled subset for semisup protocols: an sslbench subset file, or a "
                    "list of training file names (ImageNet's SimCLR 1percent.txt)")
     p.add_argument("--detection-dataset", help="detection dataset (default: the spec's): embedded-detection, embedded-detection-color, "

@@ -40,7 +40,8 @@ def test_torchvision_state_dict_loads_into_the_timm_backbone(tmp_path, wrap):
         assert torch.allclose(encoder(x), _torchvision_features(model, x), atol=1e-5)
     assert source.kind == "state_dict" and source.dropped == ("fc.bias", "fc.weight")
     assert source.prefix == {"plain": "", "moco": "module.encoder_q.", "dino": "backbone."}[wrap]
-    assert len(source.sha256) == 64 and source.mean is None
+    assert len(source.sha256) == 64
+    assert source.mean == (0.485, 0.456, 0.406)  # ImageNet's, from timm's pretrained_cfg of resnet18
 
 
 def test_weights_of_another_backbone_are_a_clear_error(tmp_path):
