@@ -39,6 +39,7 @@ from sslbench.benchmark.augment import BatchAugment, get_augment_recipe
 from sslbench.benchmark.background import BackgroundAugment
 from sslbench.benchmark.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
 from sslbench.benchmark.config import Config, Derived, derive
+from sslbench.benchmark.console import bars_enabled, epoch_line, say
 from sslbench.benchmark.contrastive_crop import (
     ContrastiveCropSampler,
     check_feature_map,
@@ -46,7 +47,7 @@ from sslbench.benchmark.contrastive_crop import (
     localize,
     mean_box_area,
 )
-from sslbench.benchmark.datasets import ArrayDataset, load_dataset
+from sslbench.benchmark.datasets import ArrayDataset, full_frame_sampler, load_dataset
 from sslbench.benchmark.distributed import (
     DistEnv,
     barrier,
@@ -194,17 +195,21 @@ def _channels_last(cfg: Config, device: torch.device) -> bool:
 
 
 def _progress(iterable: Any, total: int, desc: str, enabled: bool) -> Iterator[Any]:
+    """A tqdm bar over ``iterable`` when ``enabled`` and stderr is a terminal; else the plain
+    iterator (a log file or pipe gets the per-epoch line instead, never a carriage return)."""
+    if not bars_enabled(enabled):
+        return iter(iterable)
     from tqdm.auto import tqdm
 
-    return iter(tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled,
-                     dynamic_ncols=True))
+    return iter(tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True))
 
 
 def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
              tracking: Tracking | None = Tracking(), progress: bool = True,
              stop_after_epochs: int | None = None, run_id: str | None = None,
              extra_tags: dict[str, str] | None = None, max_steps: int | None = None,
-             step_hook: Callable[[int], None] | None = None) -> PretrainResult:
+             step_hook: Callable[[int], None] | None = None,
+             echo: Callable[[str], None] | None = say) -> PretrainResult:
     """Pretrains ``cfg.method`` and returns its encoder.
 
     Args:
@@ -212,7 +217,7 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
         run_dir: the run's folder; ``checkpoints/last.pt`` is written there every epoch.
         resume: continue from ``run_dir``'s checkpoint (a finished run returns at once).
         tracking: where to log (None: no MLflow).
-        progress: show tqdm bars.
+        progress: show tqdm bars (only where stderr is a terminal).
         stop_after_epochs: stop after this many completed epochs, as a preempted job would
             (the checkpoint lets ``resume=True`` finish the run).
         run_id: log into this existing MLflow run when no checkpoint names one (a sweep cell
@@ -222,6 +227,7 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
             checkpoint for the unfinished epoch (benchmarks: ``bench_train``).
         step_hook: called with the global step count after every optimisation step (a
             benchmark's timer; it must not synchronise unless it means to).
+        echo: where the line of each finished epoch goes (rank 0 only; None: nowhere).
 
     Raises:
         SSLBenchError: bad config, missing data, a checkpoint that is corrupt or from another
@@ -242,7 +248,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
         with execution_settings(cfg.train, device):
             return _pretrain(cfg, Path(run_dir), env, device, resume=resume, tracking=tracking,
                              progress=progress, stop_after_epochs=stop_after_epochs, run_id=run_id,
-                             extra_tags=extra_tags, max_steps=max_steps, step_hook=step_hook)
+                             extra_tags=extra_tags, max_steps=max_steps, step_hook=step_hook,
+                             echo=echo)
     finally:
         if owns_group:
             teardown()
@@ -251,7 +258,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, resume: bool = False,
 def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *, resume: bool,
               tracking: Tracking | None, progress: bool, stop_after_epochs: int | None,
               run_id: str | None, extra_tags: dict[str, str] | None, max_steps: int | None = None,
-              step_hook: Callable[[int], None] | None = None) -> PretrainResult:
+              step_hook: Callable[[int], None] | None = None,
+              echo: Callable[[str], None] | None = None) -> PretrainResult:
     ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
     if ckpt_path.exists() and not resume:
         raise SSLBenchError(
@@ -262,9 +270,11 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 
+    # Image folders train on the full decoded frame (each crop a fraction of the whole photo).
     train = load_dataset(cfg.data.dataset, "train", data_dir=cfg.data.data_dir,
                          download=cfg.data.download, image_size=cfg.data.image_size,
-                         num_workers=cfg.data.num_workers)
+                         num_workers=cfg.data.num_workers, cache=cfg.data.cache, strict=cfg.data.strict,
+                         frame="full", load_size=cfg.data.load_size)
     if isinstance(train, ArrayDataset):
         train = train.to(device)  # in-memory data moves to the device once
     info = train.info
@@ -404,7 +414,7 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                                        derived.final_lr)
                     set_lr(optimizer, lr)
                     indices = batch.indices.to(device, non_blocking=True)
-                    sampler = None
+                    sampler = full_frame_sampler(train, indices)  # None but for full-frame folders
                     if boxes is not None:
                         sampler = ContrastiveCropSampler(boxes[indices], cfg.crop.alpha)
                     images = batch.images.to(device, non_blocking=True)
@@ -465,6 +475,8 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                 }
                 monitor.end_epoch(epoch + 1, last=epoch + 1 == cfg.train.epochs)
                 history.append({"epoch": epoch + 1, **metrics})
+                if echo is not None and env.is_main:
+                    _echo_epoch(echo, cfg, epoch + 1, stop, metrics, time.perf_counter() - wall0, start_epoch)
                 unlogged.append(history[-1])
                 final_epoch = epoch + 1 == stop  # the run's last epoch, or where it is stopped early
                 if env.is_main and ((epoch + 1) % cfg.train.checkpoint_every == 0 or final_epoch):
@@ -495,6 +507,14 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
     return PretrainResult(run_dir, ckpt_path, method.encoder, cfg, derived, run_id, final, device, tags,
                           env.is_main)
 
+
+
+def _echo_epoch(echo: Callable[[str], None], cfg: Config, epoch: int, stop: int,
+                metrics: Mapping[str, float], seconds: float, start_epoch: int) -> None:
+    """The finished epoch's line; the ETA is this call's mean epoch time so far times the epochs
+    left until ``stop`` (compile and warm-up time included, so early ETAs err long)."""
+    mean = seconds / (epoch - start_epoch)
+    echo(epoch_line(cfg.method, epoch, cfg.train.epochs, metrics, mean * (stop - epoch)))
 
 
 def _synchronize(device: torch.device) -> None:

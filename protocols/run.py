@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sslbench.benchmark.console import bars_enabled
 from sslbench.benchmark.errors import ConfigError
 from sslbench.protocols.features import extract_features, resolve_precision
 from sslbench.protocols.knn import knn_classify
@@ -75,6 +76,13 @@ def _num_classes(train: Any, test: Any) -> int:
     """The dataset's class count (discovered from the labels when the info says 0, as for image
     folders), after checking that both splits are labelled within it."""
     labels = {name: torch.as_tensor(split.labels).cpu() for name, split in (("train", train), ("test", test))}
+    for name, t in labels.items():
+        if t.numel() and int(t.max()) < 0:
+            raise ConfigError(
+                f"The {name} split is unlabelled (every label is -1: an image folder without class "
+                "subfolders, or STL-10 'unlabeled'), but kNN, the linear probe and fine-tuning need labels.",
+                "Evaluate on a labelled split (<split>/<class>/<image> folders); unlabelled folders are for "
+                "pretraining.")
     num_classes = int(getattr(train.info, "num_classes", 0) or 0)
     if num_classes <= 0:
         num_classes = max(int(t.max()) for t in labels.values() if t.numel()) + 1
@@ -113,6 +121,7 @@ def evaluate(
     subset: LabelledSubset | None = None,
     detection_dataset: str | None = None,
     detection_data_dir: str | None = None,
+    on_result: Callable[[ProtocolResult], None] | None = None,
 ) -> list[ProtocolResult]:
     """Evaluates a frozen encoder under each spec, in order.
 
@@ -137,7 +146,8 @@ def evaluate(
         precision: the encoder's autocast for kNN and linear specs, ``"auto"`` (bf16 on CUDA,
             fp32 on the CPU), ``"fp32"`` or ``"bf16"``; recorded as ``feature_precision``. The
             other runners keep their own (fp32).
-        progress: show tqdm bars (feature extraction batches, linear grids).
+        progress: show tqdm bars (feature extraction batches, linear grids), where stderr is a
+            terminal.
         preprocess: plain preprocessing of uint8 batches; default ``to_float_normalized`` with
             ``normalization`` (else ``train.info``'s mean, std and image size).
         augment: training augmentation for augmented linear specs and fine-tuning; default the
@@ -151,6 +161,8 @@ def evaluate(
             spec draws its own with :func:`~sslbench.protocols.subsets.balanced_subset`.
         detection_dataset: detection dataset for detection specs (default: the spec's).
         detection_data_dir: where that dataset lives.
+        on_result: called with each result as soon as its spec has run (the per-evaluation
+            line of a log).
 
     Returns:
         One :class:`ProtocolResult` per spec, in the order of ``specs``.
@@ -168,6 +180,7 @@ def evaluate(
                 "module with projector layers was given.",
                 "Evaluate an sslbench checkpoint of a method with a projector (e.g. simclrv2), or use a spec "
                 "with from_projector_layer=0.")
+    progress = bars_enabled(progress)  # a log file or pipe gets no bars
     needs_splits = any(not isinstance(s, DetectionSpec) for s in specs)
     if needs_splits and (train is None or test is None):
         raise ConfigError("Classification protocols need train and test splits.", "Pass both splits.")
@@ -243,6 +256,8 @@ def evaluate(
         _synchronize(device)
         results.append(ProtocolResult(spec=spec, metrics=metrics, params=params, eval_dataset=where,
                                       seconds=time.perf_counter() - start, artifacts=artifacts))
+        if on_result is not None:
+            on_result(results[-1])
     assert_frozen(before, encoder)
     return results
 

@@ -27,3 +27,9 @@ def simclr_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A simclr-quick checkpoint (10 epochs on the embedded data, seed 0), trained once per session
     and shared by the protocol tests that need an SSL encoder to beat random init."""
     return _pretrained(tmp_path_factory, "simclr-quick")
+
+
+@pytest.fixture(autouse=True)
+def _private_data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded image-folder caches (data.cache) go to a temporary folder, never into ~/.cache."""
+    monkeypatch.setenv("SSLBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "sslbench-cache"))

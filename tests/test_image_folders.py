@@ -234,7 +234,7 @@ def test_unlabelled_train_split_beside_a_labelled_val(tmp_path: Path) -> None:
 
 
 def test_protocols_refuse_unlabelled_folders(tmp_path: Path) -> None:
-    """protocols/run.py already checks the labels: -1 is refused with one clear error."""
+    """An unlabelled split is refused by the protocols with one clear error naming why."""
     from sslbench.protocols.run import evaluate
     from sslbench.protocols.spec import get_protocol
 
@@ -243,7 +243,7 @@ def test_protocols_refuse_unlabelled_folders(tmp_path: Path) -> None:
     train = D.load_dataset("imagefolder", "train", data_dir=str(tmp_path), num_workers=0)
     test = D.load_dataset("imagefolder", "test", data_dir=str(tmp_path), num_workers=0)
     encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    with pytest.raises(ConfigError, match="labels outside") as err:
+    with pytest.raises(ConfigError, match="unlabelled") as err:
         evaluate(encoder, train, test, [get_protocol("knn-k20-t0.07")], progress=False)
     assert "-1" in str(err.value)
 
