@@ -174,3 +174,19 @@ def test_pretrain_method_on_cifar10_runs_the_cifar10_recipe(tmp_path, monkeypatc
     config = state["config"]
     assert config["recipe"] == "simclr-cifar10" and config["optim"]["name"] == "lars"
     assert config["method_args"]["temperature"] == 0.5 and config["augment"] == "simclr-small"
+
+
+def test_readme_resolution_table_is_what_recipe_for_says():
+    """The README's table of `--method M --dataset D` for SimCLR, MoCo v2 and BYOL."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Which recipe runs"):readme.index("## SimCLR, MoCo v2 and BYOL on CIFAR-10")]
+    rows = [line for line in section.splitlines() if line.startswith("| `") and "`simclr-" in line]
+    assert len(rows) == 7
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        dataset = cells[0].split("`")[1]
+        classes = 1000 if "1000 classes" in cells[0] else None
+        for method, cell in zip(("simclr", "mocov2", "byol"), cells[1:]):
+            assert cell.split("`")[1] == recipe_for(method, dataset, num_classes=classes).recipe, (dataset, method)
