@@ -36,7 +36,7 @@ register_recipe(Recipe(
                                        fill="grey")),
     "simclr-quick with BG_RM background augmentation (spectral-residual masks, mid-grey background, "
     "p 0.2 per view).",
-    {**QUICK_SOURCES, "method.temperature": "as simclr-quick (MEASURED.md: tau 0.2 beat 0.5)",
+    {**QUICK_SOURCES, "method.temperature": "as simclr-quick (sslbench measured on the 2-core CPU: tau 0.2 beat 0.5)",
      "method.gather_distributed": SIMCLR_GLOBAL_NEGATIVES,
      "background.mode, fill": f"{_PAPER}: BG_RM, the background removed (here: mid-grey)",
      "background.saliency": "Hou & Zhang 2007 spectral residual (no downloaded weights; the paper "

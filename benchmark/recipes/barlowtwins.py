@@ -73,7 +73,7 @@ register_recipe(Recipe(
                              warmup_epochs=10, final_lr_ratio=0.001),
            train=TrainConfig(epochs=1000)),
     "Barlow Twins ResNet-50 ImageNet, 1000 epochs at batch 2048 (73.2 linear).",
-    {"all": "Zbontar et al. 2021 §3 'Implementation details' (PAPERS.md §2.13): LARS, 1000 "
+    {"all": "Zbontar et al. 2021 §3 'Implementation details': LARS, 1000 "
             "epochs, bs 2048, lr 0.2 (weights) and 0.0048 (biases, BN) x bs/256, 10 warm-up "
             "epochs, cosine decay by a factor 1000, wd 1.5e-6, biases and BN excluded from LARS "
             "and wd, projector 8192-8192-8192, BYOL augmentations -> 73.2 linear",

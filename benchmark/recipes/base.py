@@ -3,7 +3,7 @@
 A recipe is a complete :class:`~sslbench.benchmark.config.Config` plus a ``sources`` map that
 says, for each value that does not come from the method's own defaults, where it comes from (a
 paper table, an official config). ``*-quick`` recipes are sslbench's own: sized for the
-embedded Fashion-MNIST subset on a 2-core CPU (MEASURED.md), not paper settings.
+embedded Fashion-MNIST subset on a 2-core CPU (measured there), not paper settings.
 
 Resolve a recipe plus overrides with :func:`resolve`. The recipes themselves live one module per
 method family beside this one; ``QUICK_*`` and ``IMAGENET_DATA`` are the settings they share.
@@ -104,7 +104,7 @@ QUICK_DATA = DataConfig(dataset="fashion-mnist-mini", batch_size=256)
 QUICK_OPTIM = OptimConfig(name="adamw", base_lr=1e-3, lr_scaling="linear", weight_decay=1e-6,
                            warmup_epochs=1, final_lr_ratio=0.1)
 QUICK_SOURCES = {
-    "backbone, optim, data": "sslbench: measured on the 2-core CPU (shared/reference/MEASURED.md); "
+    "backbone, optim, data": "sslbench: measured on the 2-core CPU; "
                              "Adam 1e-3 at batch 256, small CNN, Fashion-MNIST 28 px",
 }
 

@@ -1,6 +1,6 @@
 """Recipes of CMC (Tian et al., ECCV 2020): quick (the embedded images in colour, CPU) and ImageNet.
 
-The official code is HobbitLong/CMC ``train_CMC.py`` (PAPERS.md §2.4). Its learning rate is a
+The official code is HobbitLong/CMC ``train_CMC.py``. Its learning rate is a
 step schedule (x0.1 at epochs 120, 160 and 200 of 240); sslbench has one schedule, a cosine, so
 the ImageNet recipe uses a cosine from the same peak (a documented deviation). Its augmentation is
 RandomResizedCrop + flip only, then the colour conversion: sslbench's ``crop-only`` (0.08-1, the
@@ -9,7 +9,7 @@ one crop (the method uses the recipe's first view).
 
 No ``cmc-stl10``: the README gives only ``--nce_t 0.1`` for STL-10; the paper's STL-10 network
 (an AlexNet-like half per view, patch-based variant) and optimiser settings are not in the code
-or in PAPERS.md. No ``cmc-cifar10``: the paper and the code have no CIFAR-10 recipe.
+or in the references sslbench holds. No ``cmc-cifar10``: the paper and the code have no CIFAR-10 recipe.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sslbench.benchmark.recipes.base import (
     register_recipe,
 )
 
-_REPO = "HobbitLong/CMC train_CMC.py (final version) and README; PAPERS.md §2.4"
+_REPO = "HobbitLong/CMC train_CMC.py (final version) and README"
 
 register_recipe(Recipe(
     "cmc-quick",

@@ -54,12 +54,12 @@ register_recipe(Recipe(
                              momentum=0.9, final_lr_ratio=0.1),
            train=TrainConfig(epochs=16)),
     "Colorization on ImageNet with an L-only ResNet-50 (the paper's network is VGG-style; ResNet-101 "
-    "linear 39.6 in MoCo's Table 1, PAPERS.md §2.18), the official solver.",
+    "linear 39.6 in MoCo's Table 1), the official solver.",
     {"all": "richzhang/colorization train/solver.prototxt: Adam base_lr 3e-5, momentum 0.9 "
             "(momentum2 0.99), weight_decay 1e-3, 500k iterations at batch 40 (train_val_v2: 40) = "
             "15.6 epochs of 1.28M images -> 16; lr x0.1 at 225k. Deviations: AdamW (decoupled decay; "
             "Caffe adds it to the gradient) with beta2 0.999 (sslbench's AdamW), a cosine to 0.1 x "
-            "instead of the step; ResNet-50 (PAPERS.md §2.18: the paper's VGG-style net, AlexNet "
+            "instead of the step; ResNet-50 (the paper's VGG-style net, AlexNet "
             "for the transfer tests), whose stride-32 feature map is upsampled to the 56 x 56 "
             "targets where the paper's dilated net predicts at stride 4",
      "method.grid_size, num_neighbors, sigma, prior_sigma, rebalance_lambda": _PAPER_TARGETS,

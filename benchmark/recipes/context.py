@@ -51,9 +51,9 @@ register_recipe(Recipe(
     "the paper's 96 px patches, 48 px gap, 7 px jitter and colour dropping; mmselfsup's "
     "ResNet-50 optimisation (40.4 linear in mmselfsup's model zoo).",
     {"backbone": "sslbench: ResNet-50 where the paper used an AlexNet-style network; ResNet-50 "
-                 "w2x 'RelativePosition' reaches 51.4 linear in Kolesnikov et al. 2019 (PAPERS.md "
-                 "§1 [X: MoCo T1])",
-     "method.patch_size, gap, jitter, colour_dropping": "Doersch et al. 2015 (PAPERS.md §2.18): 96 x "
+                 "w2x 'RelativePosition' reaches 51.4 linear in Kolesnikov et al. 2019 (as "
+                 "quoted in MoCo's Table 1)",
+     "method.patch_size, gap, jitter, colour_dropping": "Doersch et al. 2015: 96 x "
          "96 patches, gap 48 px, jitter up to 7 px, colour dropping (its best chromatic-aberration "
          "fix: 46.3 VOC07 mAP vs 45.7 with projection)",
      "data.image_size": "sslbench: the paper resizes images to 150k-450k pixels; 448 px (200k "
@@ -62,7 +62,7 @@ register_recipe(Recipe(
          "(r50.py, relative-loc_resnet50_8xb64-steplr-70e_in1k.py): all 8 pairs of each image, "
          "ResNet-50 features of both patches concatenated -> fc 4096 (BN, ReLU) -> 8, 64 images "
          "x 8 GPUs = 512 per batch, SGD lr 0.2 (= base_lr 0.1 x 512 / 256), momentum 0.9, wd "
-         "1e-4, 70 epochs, 5 warm-up epochs; 40.4 linear (ANCHORS.md, mmselfsup model zoo). "
+         "1e-4, 70 epochs, 5 warm-up epochs; 40.4 linear (mmselfsup docs/en/model_zoo.md). "
          "Deviations: wd 1e-4 also on the head (mmselfsup 5e-4), no dropout, a cosine instead of "
          "lr x 0.1 at epochs 30 and 50, warm-up from 0 (mmselfsup 0.1 x lr); the paper samples "
          "one pair per image (all_pairs=false)",

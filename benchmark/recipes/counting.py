@@ -44,10 +44,10 @@ register_recipe(Recipe(
                              warmup_epochs=1),
            train=TrainConfig(epochs=100)),
     "Learning to count with a ResNet-50 on ImageNet (the paper: AlexNet, 228 px images, 114 px tiles; "
-    "no ResNet-50 number is known, PAPERS.md has no counting entry).",
+    "no ResNet-50 number is known to sslbench).",
     {"all": "Noroozi et al. 2017 §4: AlexNet on 114 x 114 tiles of 228 x 228 ImageNet images (here "
             "ResNet-50, the images resized to 228 px: data.image_size). The paper's optimiser and "
-            "schedule are not in PAPERS.md: Adam 1e-4 without lr scaling, 100 epochs and wd 1e-4 are "
+            "schedule were not at hand: Adam 1e-4 without lr scaling, 100 epochs and wd 1e-4 are "
             "sslbench's choices (deviation, to verify against the paper's §4)",
      "method.num_counts, margin": _PAPER_LOSS,
      "method.head_hidden_dim, head_layers": "AlexNet fc6-fc8: 4096, 4096, 1000 + ReLU",

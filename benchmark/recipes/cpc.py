@@ -75,7 +75,7 @@ register_recipe(Recipe(
                              warmup_epochs=0, final_lr_ratio=1.0),
            train=TrainConfig(epochs=200)),
     "CPC v2 with ResNet-50 on ImageNet: 7x7 grid of 64 px patches, batch 512 (63.8 linear).",
-    {"all": "Hénaff et al. 2020 (PAPERS.md §2.3) and SimCLR Table C.1: ResNet-161 in the paper's "
+    {"all": "Hénaff et al. 2020 and SimCLR Table C.1: ResNet-161 in the paper's "
             "headline (71.5 linear), ResNet-50 63.8; PixelCNN-style context network, InfoNCE, batch "
             "512 (patches enlarge the effective batch), ~200 epochs. Optimiser, learning rate and "
             "schedule: NR (Adam 4e-4, constant, is sslbench's unverified guess, not the paper's)",

@@ -24,7 +24,7 @@ OFFICIAL_METHOD = ("facebookresearch/swav scripts/deepclusterv2_800ep_pretrain.s
                    "iterations (cluster_memory), init_memory over the training loader (64 per GPU)")
 
 # ---------------------------------------------------------------------------------------------
-# Quick recipe: the embedded dataset on a CPU (sslbench's own settings, see MEASURED.md).
+# Quick recipe: the embedded dataset on a CPU (sslbench's own settings, measured on the 2-core CPU).
 # ---------------------------------------------------------------------------------------------
 
 register_recipe(Recipe(
@@ -64,8 +64,8 @@ register_recipe(Recipe(
            train=TrainConfig(epochs=1000)),
     "DeepCluster-v2 on CIFAR-10 with ResNet-18 (solo-learn's recipe; 88.85 linear; the paper has "
     "no CIFAR pretraining).",
-    {"all": "vturrisi/solo-learn scripts/pretrain/cifar/deepclusterv2.yaml (PAPERS.md §5.2: 88.85 "
-            "linear on CIFAR-10): ResNet-18, projector 2048 -> 128, prototypes [3000, 3000, 3000], "
+    {"all": "vturrisi/solo-learn scripts/pretrain/cifar/deepclusterv2.yaml (88.85 "
+            "linear on CIFAR-10 in its README): ResNet-18, projector 2048 -> 128, prototypes [3000, 3000, 3000], "
             "LARS lr 0.6 at bs 256 (eta 0.02, biases and norms excluded), wd 1e-6, 1000 epochs, "
             "warmup_cosine with 11 warm-up epochs from 0 and min_lr 0.0006 (ratio 0.001); tau 0.1 "
             "and 10 k-means iterations are solo-learn's DeepClusterV2 defaults. solo-learn also "
@@ -93,8 +93,8 @@ register_recipe(Recipe(
                              warmup_epochs=10, final_lr_ratio=0.001, lars_eta=0.001),
            train=TrainConfig(epochs=800)),
     "DeepCluster-v2 ResNet-50 ImageNet, 800 epochs, batch 4096, 2x224 + 6x96 multi-crop (75.2 linear).",
-    {"all": "facebookresearch/swav scripts/deepclusterv2_800ep_pretrain.sh and README (PAPERS.md "
-            "§2.10: DeepCluster-v2 800 ep 75.2): bs 4096 (64 GPUs x 64), LARC (trust 0.001, no "
+    {"all": "facebookresearch/swav scripts/deepclusterv2_800ep_pretrain.sh and README "
+            "(DeepCluster-v2 800 ep 75.2): bs 4096 (64 GPUs x 64), LARC (trust 0.001, no "
             "clip) on SGD momentum 0.9, base_lr 4.8 (= 0.3 x 4096 / 256) -> final_lr 0.0048 (ratio "
             "0.001), 10 warm-up epochs, wd 1e-6, 800 epochs, --nmb_prototypes 3000 3000 3000, "
             "feat_dim 128, hidden 2048, tau 0.1, crops_for_assign 0 1, prototypes never trained "

@@ -24,7 +24,7 @@ CENTER_ALL_REDUCE = ("facebookresearch/dino main_dino.py DINOLoss.update_center:
                      "dist.all_reduce of the teacher outputs' batch sum")
 
 # ---------------------------------------------------------------------------------------------
-# Quick recipe: the embedded dataset on a CPU (sslbench's own settings, see MEASURED.md).
+# Quick recipe: the embedded dataset on a CPU (sslbench's own settings, measured on the 2-core CPU).
 # ---------------------------------------------------------------------------------------------
 
 register_recipe(Recipe(
@@ -122,7 +122,7 @@ register_recipe(Recipe(
             "defaults: AdamW lr 0.0005 x bs/256 after 10 warm-up epochs, cosine to min_lr 1e-6, "
             "wd 0.04 -> 0.4 (cosine; fixed 0.04 here), clip_grad 3.0, freeze_last_layer 1, "
             "out_dim 65536, momentum_teacher 0.996, student temp 0.1, centre momentum 0.9, "
-            "drop_path 0.1 (sslbench's backbones have no drop path: deviation). PAPERS.md §2.15",
+            "drop_path 0.1 (sslbench's backbones have no drop path: deviation)",
      "augment": "2x224 + 8x96 multi-crop (main_dino.py defaults); crop scales and local blur "
                 "differ from DINO's (see the comment above DINO_IMAGENET_AUG)",
      "method.gather_distributed": CENTER_ALL_REDUCE},

@@ -53,7 +53,7 @@ register_recipe(Recipe(
             "labelled training images are the surrogate classes (the paper: 8,000 of the 100,000 "
             "unlabeled ones; sslbench pretrains on the train split); a small-stem ResNet-18 instead "
             "of the paper's network; the optimiser (SGD 0.025 at batch 128, momentum 0.9, wd 5e-4, 100 "
-            "epochs, cosine) is not in PAPERS.md: sslbench's choice, to verify against the paper",
+            "epochs, cosine) was not at hand: sslbench's choice, to verify against the paper",
      "method.translate, scale, rotate_deg, pca_factor, sv_power, sv_mult, sv_add, hue_shift": _PAPER_TRANSFORMS,
      "method.patch_fraction, patch_size": "Dosovitskiy et al. 2014 §2-3: 32 x 32 seed patches of the "
                                           "96 x 96 STL-10 images",

@@ -58,7 +58,7 @@ register_recipe(Recipe(
     {"all": "zhirongw/lemniscate.pytorch README 'python cifar.py --nce-k 0 --nce-t 0.1 --lr 0.03' "
             "and cifar.py: ResNet-18 (CIFAR stem), 128-d, batch 128, SGD momentum 0.9, wd 5e-4, "
             "--nce-m 0.5, 200 epochs; lr x0.1 every 40 epochs after epoch 80 -> cosine here "
-            "(deviation); PAPERS.md §2.1",
+            "(deviation)",
      "augment": _AUG_DEVIATION + "; cifar.py has the flip commented out, hence -no-flip"},
 ))
 
@@ -75,6 +75,6 @@ register_recipe(Recipe(
     {"all": "zhirongw/lemniscate.pytorch main.py and README: --nce-k 4096 --nce-t 0.07 --nce-m 0.5 "
             "--low-dim 128 --lr 0.03 -b 256, SGD momentum 0.9, wd 1e-4, 200 epochs, lr x0.1 at "
             "epochs 120 and 160 -> cosine here (deviation). The README command trains ResNet-18; "
-            "the paper reports ResNet-18 and ResNet-50 (PAPERS.md §2.1)",
+            "the paper reports ResNet-18 and ResNet-50",
      "augment": _AUG_DEVIATION},
 ))

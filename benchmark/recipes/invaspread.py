@@ -48,7 +48,7 @@ register_recipe(Recipe(
     {"all": "mangye16/Unsupervised_Embedding_Learning demo_seen.py: ResNet-18 (CIFAR stem), 128-d "
             "L2-normalised, batch 128, --batch-t 0.1, --batch-m 1, SGD lr 0.03 momentum 0.9 wd "
             "5e-4; its loop runs 301 epochs (the repo's fig/Performance.png reads ~84 % kNN at "
-            "epoch 200); step schedule -> cosine here (deviation); PAPERS.md §2.2",
+            "epoch 200); step schedule -> cosine here (deviation)",
      "augment": "closest sslbench augmentation to demo_seen.py's RandomResizedCrop(0.2-1) + "
                 "ColorJitter(0.4, 0.4, 0.4, 0.4) + RandomGrayscale(0.2) + flip: MoCo v2 'aug+' "
                 "without blur, whose jitter has hue 0.1 and p 0.8 (deviation)",

@@ -53,10 +53,10 @@ register_recipe(Recipe(
     "Jigsaw puzzles on ImageNet with a ResNet-50 as the tile encoder (the paper's CFN is "
     "AlexNet-based): 1000 permutations, 64 px tiles from 85 px cells of 255 px images.",
     {"backbone": "sslbench: ResNet-50 where the paper used AlexNet conv1-5 (stride 2 first layer); "
-                 "ResNet-50 w2x jigsaw reaches 44.6 linear in Kolesnikov et al. 2019 (PAPERS.md "
-                 "§1 [X: MoCo T1])",
-     "method.num_permutations, tile_size, normalize_tiles": "Noroozi & Favaro 2016 §3 (PAPERS.md "
-         "§2.18 and a [S] summary of the paper): 1000 permutations, 64 px tiles at a random place "
+                 "ResNet-50 w2x jigsaw reaches 44.6 linear in Kolesnikov et al. 2019 (as "
+                 "quoted in MoCo's Table 1)",
+     "method.num_permutations, tile_size, normalize_tiles": "Noroozi & Favaro 2016 §3 (and "
+         "a secondary summary of the paper): 1000 permutations, 64 px tiles at a random place "
          "in each 85 px cell of a 255 px image, every tile normalised on its own; "
          "bbrattoli/JigsawPuzzlePytorch: Resize 256 + CenterCrop 255, RandomCrop 64 per tile",
      "method.permutation_criterion": "the issue's promise of a minimal Hamming distance (max-min: "
@@ -69,7 +69,7 @@ register_recipe(Recipe(
      "augment": "flip only: the tile positions are the randomness. Deviation: the paper's "
                 "chromatic-aberration counter-measures (30 % grayscale, colour channels jittered "
                 "by up to 2 px per tile) are not implemented",
-     "optim": "Noroozi & Favaro 2016 (PAPERS.md §2.18 [S] summary): SGD, batch 256, lr 0.01, "
+     "optim": "Noroozi & Favaro 2016 (a secondary summary): SGD, batch 256, lr 0.01, "
               "350k iterations (= 70 epochs of 1.28M images). Not reported there: momentum, weight "
               "decay and the lr decay; sslbench uses momentum 0.9, wd 1e-4 (ResNet-50's usual) and "
               "a cosine"},

@@ -60,7 +60,7 @@ register_recipe(Recipe(
                              momentum=0.9),
            train=TrainConfig(epochs=200)),
     "MoCo v1 ResNet-50 ImageNet, 200 epochs (60.6 linear; repo 60.8 +- 0.2).",
-    {"all": "He et al. 2020 §3.3 and facebookresearch/moco README (PAPERS.md §2.5): SGD lr 0.03, "
+    {"all": "He et al. 2020 §3.3 and facebookresearch/moco README: SGD lr 0.03, "
             "bs 256 (8 GPUs), momentum 0.9, wd 1e-4, 200 epochs, K 65536, m 0.999, tau 0.07, "
             "linear 128-d head, shuffling BN across the 8 GPUs ('auto': the DDP shuffle under "
             "data parallelism, SplitBatchNorm with 8 splits in one process). Deviation: the paper "

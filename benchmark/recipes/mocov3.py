@@ -78,7 +78,7 @@ register_recipe(Recipe(
                              warmup_epochs=10),
            train=TrainConfig(epochs=100)),
     "MoCo v3 ResNet-50 ImageNet, 100 epochs (68.9 linear; CONFIG.md).",
-    {"all": f"{_REPO} (PAPERS.md §2.7): ResNet-50, bs 4096, LARS (eta 0.001, biases and BN "
+    {"all": f"{_REPO}: ResNet-50, bs 4096, LARS (eta 0.001, biases and BN "
             "excluded) base lr 0.6 x bs/256, momentum 0.9, wd 1e-6, 10 warm-up epochs then "
             "half-cycle cosine to 0, 100 epochs, tau 1.0, m 0.99 -> 1 (--moco-m-cos), heads "
             "4096 / 256 (MoCo_ResNet: 2-layer projector, predictor without output BN), SyncBN. "
@@ -103,7 +103,7 @@ register_recipe(Recipe(
                              warmup_epochs=40),
            train=TrainConfig(epochs=300)),
     "MoCo v3 ViT-S/16 ImageNet, 300 epochs (73.2 linear at batch 4096; CONFIG.md).",
-    {"all": f"{_REPO} ViT-Small commands (PAPERS.md §2.7): AdamW (betas 0.9, 0.999) lr 1.5e-4 x "
+    {"all": f"{_REPO} ViT-Small commands: AdamW (betas 0.9, 0.999) lr 1.5e-4 x "
             "bs/256, wd 0.1, bs 4096, 300 epochs, 40 warm-up epochs then cosine, tau 0.2, m 0.99 "
             "-> 1 (--moco-m-cos), frozen random patch projection (--stop-grad-conv1), heads "
             "4096 / 256 (MoCo_ViT: 3-layer projector, predictor with output BN). Deviations: the "

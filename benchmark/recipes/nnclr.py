@@ -1,7 +1,7 @@
 """Recipes of NNCLR (Dwibedi et al., ICCV 2021): quick, CIFAR-10, CIFAR-100, ImageNet-100, ImageNet.
 
 No official code was released; the CIFAR-10 recipe is solo-learn's. The paper's own text was not
-reachable in the reference index (PAPERS.md §2.16 lists its training hyper-parameters as NR): the
+reachable in the reference index (its training hyper-parameters were not found): the
 ImageNet recipe's head sizes are the paper's as quoted by lightly's heads, the support-set size
 is the best of the paper's support-set ablation, and the optimiser values marked UNVERIFIED below
 must be checked against arXiv 2104.14548 before a reproduction is claimed.
@@ -79,8 +79,7 @@ register_recipe(Recipe(
                              warmup_epochs=10),
            train=TrainConfig(epochs=1000)),
     "NNCLR ResNet-50 ImageNet, 1000 epochs, support set 98,304 (75.4-75.6 linear).",
-    {"method.support_set_size": "Dwibedi et al. 2021 support-set ablation: 98,304 -> 75.4 linear "
-                                "(PAPERS.md §2.16, §3.9)",
+    {"method.support_set_size": "Dwibedi et al. 2021 support-set ablation: 98,304 -> 75.4 linear",
      "method.proj_*, pred_hidden_dim": "the paper's head description as quoted in lightly "
                                        "NNCLRProjectionHead ([2048, 2048, d], BN after every layer, "
                                        "d = 256) and NNCLRPredictionHead ([4096, d])",

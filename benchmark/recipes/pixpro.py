@@ -17,7 +17,7 @@ OFFICIAL = "zdaxie/PixPro tools/pixpro_base_r50_100ep.sh"
 PAPER = "Xie et al. 2021, implementation details (https://arxiv.org/abs/2011.10043)"
 
 # ---------------------------------------------------------------------------------------------
-# Quick recipes: the embedded dataset on a CPU (sslbench's own settings, see MEASURED.md).
+# Quick recipes: the embedded dataset on a CPU (sslbench's own settings, measured on the 2-core CPU).
 # ---------------------------------------------------------------------------------------------
 
 # small-cnn's last map is 4 x 4 at 28 px and 3 x 3 at 20 px (strides 2-2-2-1): PixPro's positives

@@ -16,7 +16,7 @@ from sslbench.benchmark.recipes.base import (
     register_recipe,
 )
 
-ALL_ROTATIONS = ("Gidaris et al. 2018 §2 / PAPERS.md §2.18: the 4 rotations 0/90/180/270 by flips "
+ALL_ROTATIONS = ("Gidaris et al. 2018 §2: the 4 rotations 0/90/180/270 by flips "
                  "and transposes, all 4 copies of each image in the same mini-batch")
 
 register_recipe(Recipe(
@@ -36,8 +36,8 @@ register_recipe(Recipe(
      "method.head_hidden_dim": "sslbench: an MLP head (measured, see the comment in "
                                "benchmark/recipes/rotation.py); the paper's is linear "
                                "(FeatureLearningRotNet NetworkInNetwork.py)",
-     "augment": "sslbench: one mild 20 px view, crop 0.2-1 + flip, no colour (PAPERS.md §2.18 "
-                "gives no augmentation for RotNet)"},
+     "augment": "sslbench: one mild 20 px view, crop 0.2-1 + flip, no colour (no augmentation "
+                "for RotNet was found in the paper)"},
 ))
 
 register_recipe(Recipe(
@@ -50,13 +50,13 @@ register_recipe(Recipe(
            train=TrainConfig(epochs=200)),
     "RotNet on CIFAR-10, the official CIFAR-10 schedule on a small-stem ResNet-18 (the paper's "
     "NIN 4-block network reaches 89.06 from its 2nd block).",
-    {"all": "gidariss/FeatureLearningRotNet CIFAR-10 config (PAPERS.md §2.18): batch 128, SGD lr "
+    {"all": "gidariss/FeatureLearningRotNet CIFAR-10 config: batch 128, SGD lr "
             "0.1 (= base_lr 0.2 x 128 / 256), momentum 0.9, wd 5e-4, 200 epochs. Deviations: "
             "Nesterov momentum (sslbench's SGD has none); a cosine instead of lr x 0.2 at epochs "
             "60/120/160; a small-stem ResNet-18 instead of the NIN (sslbench has no NIN backbone), "
             "evaluated on its pooled output, not on the 2nd block",
      "method.angles": ALL_ROTATIONS,
-     "augment": "not in PAPERS.md; flip only ('linear-eval-no-crop'): sslbench's augmentation "
+     "augment": "not in the paper as read; flip only ('linear-eval-no-crop'): sslbench's augmentation "
                 "has no pad-and-crop translation, and RandomResizedCrop is far stronger"},
 ))
 
@@ -72,10 +72,10 @@ register_recipe(Recipe(
     "128 images x 4 rotations per batch (47.0 linear in mmselfsup's model zoo).",
     {"all": "open-mmlab/mmselfsup configs/selfsup/rotation_pred/rotation-pred_resnet50_8xb16-"
             "steplr-70e_in1k.py and r50.py: ResNet-50 (the paper's ImageNet network is AlexNet: "
-            "conv4 50.0 / conv5 43.8 non-linear, PAPERS.md §2.18), 16 images x 8 GPUs = 128 per "
+            "conv4 50.0 / conv5 43.8 non-linear), 16 images x 8 GPUs = 128 per "
             "batch (512 rotated), SGD lr 0.2 (= base_lr 0.4 x 128 / 256), momentum 0.9, wd 1e-4, "
             "70 epochs, linear warm-up 5 epochs, linear head on the pooled features (ClsHead); "
-            "47.0 linear (ANCHORS.md, mmselfsup model zoo). Deviations: a cosine instead of lr "
+            "47.0 linear (mmselfsup docs/en/model_zoo.md). Deviations: a cosine instead of lr "
             "x 0.1 at epochs 30 and 50; the warm-up starts at 0 (mmselfsup: 0.1 x lr)",
      "method.angles": ALL_ROTATIONS,
      "augment": "mmselfsup r50.py train_pipeline: RandomResizedCrop 224 + flip = 'linear-eval'"},

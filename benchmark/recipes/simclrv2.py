@@ -18,7 +18,7 @@ from sslbench.benchmark.recipes.base import (
 
 _TF2 = "google-research/simclr tf2 (model.py ProjectionHead, run.py flags)"
 _MEMORY = ("SimCLR v2 paper, settings paragraph, as transcribed by 'Papers Explained 201: SimCLRv2' "
-           "(ritvik19, Medium; secondary, PAPERS.md §2.9 marks these NR): 800 epochs, 3-layer "
+           "(ritvik19, Medium; secondary: not found in a primary source): 800 epochs, 3-layer "
            "projector, memory buffer 64K, EMA decay 0.999, LARS momentum 0.9")
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ register_recipe(Recipe(
            data=QUICK_DATA, optim=QUICK_OPTIM, train=TrainConfig(epochs=22)),
     "SimCLR v2 (3-layer projector, momentum memory) on the embedded Fashion-MNIST subset, CPU-sized.",
     {**QUICK_SOURCES,
-     "method.temperature": "as simclr-quick (MEASURED.md: tau 0.2 beat 0.5 in 90 s runs)",
+     "method.temperature": "as simclr-quick (sslbench measured on the 2-core CPU: tau 0.2 beat 0.5 in 90 s runs)",
      "method.proj_layers, finetune_from_layer": f"{_TF2}: num_proj_layers 3; paper: fine-tune "
                                                 "from the first projector layer",
      "method.memory_size, memory_momentum": "facebookresearch/moco colab/moco_cifar10_demo.ipynb "
@@ -104,12 +104,10 @@ _VARIANTS: dict[str, tuple[dict[str, Any], str, str]] = {
     "nce": ({"loss": "nce"}, "binary NCE (InstDisc's NCE, noise ratio = number of negatives)",
             "Wu et al. 2018 §3.2; zhirongw/lemniscate.pytorch lib/NCECriterion.py"),
     "dcl": ({"loss": "dcl", "tau_plus": 0.1}, "the debiased contrastive loss (tau+ 0.1)",
-            "chingyaoc/DCL README / main.py: tau+ 0.1 (STL-10: 80.15 biased -> 84.26, PAPERS.md "
-            "§2.19)"),
+            "chingyaoc/DCL README / main.py: tau+ 0.1 (STL-10: 80.15 biased -> 84.26)"),
     "hcl": ({"loss": "hcl", "tau_plus": 0.1, "beta": 1.0},
             "hard-negative weighting (beta 1.0, tau+ 0.1)",
-            "joshr17/HCL image/README.md: beta 1.0, tau+ 0.1, the best STL-10 row (87.44, PAPERS.md "
-            "§3.11)"),
+            "joshr17/HCL image/README.md: beta 1.0, tau+ 0.1, the best STL-10 row (87.44)"),
     "flatnce": ({"loss": "flatnce"}, "FlatNCE",
                 "Chen et al. 2021 (arXiv 2107.01152); Junya-Chen/FlatCLR flatclr.py"),
     "alignuniform": ({"loss": "align_uniform", "align_alpha": 2.0, "unif_t": 2.0,
@@ -121,6 +119,6 @@ for _name, (_args, _what, _source) in _VARIANTS.items():
     register_recipe(Recipe(
         f"simclr-{_name}-quick", _simclr_quick(**_args),
         f"SimCLR with {_what} on the embedded Fashion-MNIST subset (simclr-quick otherwise).",
-        {**QUICK_SOURCES, "method.temperature": "as simclr-quick (MEASURED.md: tau 0.2)",
+        {**QUICK_SOURCES, "method.temperature": "as simclr-quick (sslbench measured on the 2-core CPU: tau 0.2)",
          "method.loss and its keys": _source, "method.gather_distributed": SIMCLR_GLOBAL_NEGATIVES},
     ))

@@ -43,7 +43,7 @@ register_recipe(Recipe(
                              momentum=0.9),
            train=TrainConfig(epochs=800)),
     "SimSiam on CIFAR-10 with ResNet-18 (the paper's App. D setting; 91.8 linear).",
-    {"all": "Chen & He 2021 App. D (PAPERS.md §2.12 / §5.1): CIFAR ResNet-18, 2-layer projector, "
+    {"all": "Chen & He 2021 App. D: CIFAR ResNet-18, 2-layer projector, "
             "2048-d output, SGD lr 0.03 x bs/256, momentum 0.9, cosine, wd 5e-4, bs 512, 800 "
             "epochs, 32 px, no blur -> 91.8 linear (SimCLR same setting 91.1)",
      "augment": "the repo's MoCo v2 augmentation (RandomResizedCrop 0.2-1, ColorJitter(0.4, 0.4, "
@@ -62,7 +62,7 @@ register_recipe(Recipe(
                              momentum=0.9),
            train=TrainConfig(epochs=100)),
     "SimSiam ResNet-50 ImageNet, 100 epochs at batch 512 (68.1 linear).",
-    {"all": "Chen & He 2021 §4 and facebookresearch/simsiam README (PAPERS.md §2.12): SGD lr "
+    {"all": "Chen & He 2021 §4 and facebookresearch/simsiam README: SGD lr "
             "0.05 x bs/256, momentum 0.9, wd 1e-4 (also on BN and biases), cosine, no warm-up "
             "below bs 1024, bs 512, 100 epochs, --fix-pred-lr, 3-layer 2048 projector, "
             "2048 -> 512 -> 2048 predictor -> 68.1 (Table 2 / README)",

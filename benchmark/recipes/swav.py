@@ -24,7 +24,7 @@ SINKHORN_ALL_REDUCE = ("facebookresearch/swav main_swav.py distributed_sinkhorn:
                        "of sum(Q) and of the per-prototype sums in every iteration")
 
 # ---------------------------------------------------------------------------------------------
-# Quick recipe: the embedded dataset on a CPU (sslbench's own settings, see MEASURED.md).
+# Quick recipe: the embedded dataset on a CPU (sslbench's own settings, measured on the 2-core CPU).
 # ---------------------------------------------------------------------------------------------
 
 register_recipe(Recipe(
@@ -100,7 +100,7 @@ register_recipe(Recipe(
                              warmup_epochs=10, final_lr_ratio=0.001, lars_eta=0.001),
            train=TrainConfig(epochs=800)),
     "SwAV ResNet-50 ImageNet, 800 epochs, batch 4096, 2x224 + 6x96 multi-crop (75.3 linear).",
-    {"all": "facebookresearch/swav scripts/swav_800ep_pretrain.sh and README (PAPERS.md §2.10): "
+    {"all": "facebookresearch/swav scripts/swav_800ep_pretrain.sh and README: "
             "bs 4096 (64 GPUs x 64), LARC (trust 0.001, no clip) on SGD momentum 0.9, base_lr 4.8 "
             "(= 0.3 x 4096 / 256) -> final_lr 0.0048 (ratio 0.001), 10 warm-up epochs, wd 1e-6, "
             "800 epochs, 3000 prototypes, feat_dim 128, hidden 2048, tau 0.1, eps 0.05, 3 "

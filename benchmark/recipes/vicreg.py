@@ -75,8 +75,8 @@ register_recipe(Recipe(
                              warmup_epochs=10, final_lr_ratio=0.001),
            train=TrainConfig(epochs=1000)),
     "VICReg ResNet-50 ImageNet, 1000 epochs at batch 2048 (73.2 linear).",
-    {"all": "Bardes et al. 2022 §4.1 / App. and facebookresearch/vicreg main_vicreg.py "
-            "(PAPERS.md §2.14): LARS (eta 0.001, biases and norms excluded from LARS and wd), "
+    {"all": "Bardes et al. 2022 §4.1 / App. and facebookresearch/vicreg main_vicreg.py: "
+            "LARS (eta 0.001, biases and norms excluded from LARS and wd), "
             "base lr 0.2 x bs/256, 10 warm-up epochs, cosine to 0.001 x the peak, wd 1e-6, bs "
             "2048, 1000 epochs, expander 8192-8192-8192, lambda = mu = 25, nu = 1",
      "augment": "the repo's augmentations.py: BYOL's (blur 1.0/0.1, solarize 0.0/0.2)",
