@@ -22,3 +22,14 @@ Nothing is imported here: ``mlflow``, ``pandas`` and ``seaborn`` take seconds to
 the CLI should pay for them only in the commands that use them. The schema is described in
 ``docs/mlflow-schema.md``.
 """
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """``sslbench.results.load_runs`` (MLflow -> one DataFrame row per run), imported on first use."""
+    if name == "load_runs":
+        from sslbench.results.aggregate import load_runs
+
+        return load_runs
+    raise AttributeError(f"module 'sslbench.results' has no attribute {name!r}")
