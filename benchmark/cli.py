@@ -116,6 +116,19 @@ def _folder_classes(args: argparse.Namespace) -> int | None:
         return None
 
 
+def _folder_image_size(args: argparse.Namespace) -> int | None:
+    """The side a folder dataset's images infer (None: not a folder, or not known)."""
+    if args.dataset != "imagefolder" or not args.data_dir:
+        return None
+    from sslbench.benchmark.datasets import infer_folder_image_size
+    from sslbench.benchmark.errors import DatasetError
+
+    try:
+        return infer_folder_image_size(args.data_dir)[0]
+    except (DatasetError, OSError):
+        return None  # the data loader reports it, with the fix
+
+
 def _resolve_cfg(args: argparse.Namespace) -> Config:
     """The config of ``--recipe`` (as given), or of the recipe ``--method`` runs on ``--dataset``
     (:func:`~sslbench.benchmark.recipes.recipe_for`), with the flags and ``--set`` applied; prints
@@ -125,7 +138,8 @@ def _resolve_cfg(args: argparse.Namespace) -> Config:
     if args.recipe:
         recipe, reason, adapt, note = args.recipe, "--recipe", (), None
     elif args.method:
-        choice = recipe_for(args.method, args.dataset, num_classes=_folder_classes(args))
+        choice = recipe_for(args.method, args.dataset, num_classes=_folder_classes(args),
+                            image_size=_folder_image_size(args))
         recipe, reason, adapt, note = choice.recipe, choice.reason, choice.overrides, choice.note
     else:
         raise SSLBenchError("Neither --recipe nor --method was given.",

@@ -190,3 +190,25 @@ def test_readme_resolution_table_is_what_recipe_for_says():
         classes = 1000 if "1000 classes" in cells[0] else None
         for method, cell in zip(("simclr", "mocov2", "byol"), cells[1:]):
             assert cell.split("`")[1] == recipe_for(method, dataset, num_classes=classes).recipe, (dataset, method)
+
+
+def test_a_cifar_sized_folder_takes_the_small_image_recipe_at_its_size(tmp_path):
+    import argparse
+
+    from PIL import Image
+
+    from sslbench.benchmark.cli import _folder_image_size
+    from sslbench.benchmark.recipes import recipe_for, resolve
+
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (32, 32), (40 * i, 90, 10)).save(tmp_path / "train" / c / f"{i}.jpg")
+    args = argparse.Namespace(dataset="imagefolder", data_dir=str(tmp_path))
+    assert _folder_image_size(args) == 32
+    choice = recipe_for("simclr", "imagefolder", num_classes=2, image_size=32)
+    assert choice.recipe == "simclr-cifar10" and "32 px" in choice.reason
+    cfg = resolve(choice.recipe, list(choice.overrides))
+    assert cfg.data.dataset == "imagefolder" and cfg.data.image_size == 32
+    assert recipe_for("simclr", "imagefolder", num_classes=2, image_size=224).recipe == "simclr-imagenet100"
+    assert recipe_for("context", "imagefolder", num_classes=2, image_size=32).recipe == "context-imagenet"

@@ -116,13 +116,17 @@ def _join(*notes: str | None) -> str | None:
     return text or None
 
 
-def recipe_for(method: str, dataset: str | None = None, *, num_classes: int | None = None) -> RecipeChoice:
+def recipe_for(method: str, dataset: str | None = None, *, num_classes: int | None = None,
+               image_size: int | None = None) -> RecipeChoice:
     """The recipe a method runs on a dataset (the module docstring gives the rule).
 
     Args:
         method: a registered method.
         dataset: a registered dataset; None: the method's default recipe on its own data.
         num_classes: for a folder dataset, its number of classes when known (1000: ImageNet-1k).
+        image_size: for a folder dataset, the side its images infer when known: small images
+            (under 160 px, e.g. a CIFAR-sized JPEG folder) take the recipe of their size class,
+            decoded at that size, instead of an ImageNet recipe at 224 px.
 
     Raises:
         UnknownNameError: unknown method or dataset.
@@ -140,6 +144,13 @@ def recipe_for(method: str, dataset: str | None = None, *, num_classes: int | No
     color = _color_note(method, dataset)
 
     named: tuple[str, ...] = (dataset,)
+    if dataset in FOLDER_DATASETS and image_size is not None and image_size < 160:
+        for suffix in _BY_SIZE[_size_class(image_size)]:
+            name = f"{method}-{suffix}"
+            if name in registered and _native_size(name) < 160:  # else: the folder logic below
+                why = (f"{asked}: the folder's images are {image_size} px, {_size_class(image_size)}: {name}, "
+                       f"made for {_native_size(name)} px images, decoded at {image_size} px")
+                return RecipeChoice(name, why, (f"data.dataset={dataset}", f"data.image_size={image_size}"), color)
     if dataset in FOLDER_DATASETS:
         imagenet1k = num_classes == IMAGENET_CLASSES
         named = ("imagenet", "imagenet100") if imagenet1k else ("imagenet100", "imagenet")
