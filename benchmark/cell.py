@@ -13,13 +13,23 @@ asks MLflow first, so running a cell again never duplicates a result:
 
 A failure is logged on the MLflow run (``error`` tag) and, for failures before any run exists
 (a missing dataset), in ``<run_dir>/error.json``, so ``sslbench sweep status`` can show it.
+
+Two drivers of one sweep (two ``sslbench sweep run`` on one folder) never run a cell at once: a
+cell runs under an exclusive, non-blocking ``flock`` on ``<run_dir>/cell.lock``, and a call that
+cannot take it returns at once as ``running elsewhere``. The lock is the kernel's, so a killed
+job leaves none behind. A data-parallel cell (several SLURM tasks of one job) takes no lock: its
+ranks run the cell together, and the scheduler already keeps a queued cell from being submitted
+twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +38,9 @@ from sslbench.benchmark.errors import SSLBenchError
 
 TASK_FILE = "cell.json"
 ERROR_FILE = "error.json"
+LOCK_FILE = "cell.lock"
+#: :attr:`CellOutcome.action` values.
+SKIPPED, RAN, ELSEWHERE = "skipped", "ran", "elsewhere"
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,8 @@ class CellTask:
 
 @dataclass(frozen=True)
 class CellOutcome:
-    """What one call of :func:`run_cell` did: ``skipped`` (already done) or ``ran``."""
+    """What one call of :func:`run_cell` did: ``skipped`` (already done), ``ran``, or
+    ``elsewhere`` (another process holds the cell's lock: it is running there)."""
 
     cell_id: str
     action: str
@@ -70,13 +84,45 @@ class CellOutcome:
     metrics: dict[str, dict[str, float]]
 
 
+@contextlib.contextmanager
+def cell_lock(run_dir: str | Path) -> Iterator[bool]:
+    """Tries to take the cell's lock (exclusive, non-blocking ``flock`` on ``cell.lock``) and
+    yields whether it got it; the lock is released on exit (or when the process dies)."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
+
+
 def run_cell(task: CellTask, *, progress: bool = False) -> CellOutcome:
-    """Runs one cell to completion, doing only what MLflow does not already have.
+    """Runs one cell to completion, doing only what MLflow does not already have, under the
+    cell's lock (:func:`cell_lock`; a single-process cell only).
 
     Raises:
         SSLBenchError: bad config, missing data, a finished pretraining whose checkpoint is
             gone, a non-finite loss (each also written to ``<run_dir>/error.json``).
     """
+    from sslbench.benchmark.distributed import read_dist_env
+
+    if read_dist_env().world_size > 1:  # the ranks of one job run the cell together
+        return _run_recording_errors(task, progress)
+    with cell_lock(task.run_dir) as mine:
+        if not mine:
+            return CellOutcome(task.cell_id, ELSEWHERE, None, {})
+        return _run_recording_errors(task, progress)
+
+
+def _run_recording_errors(task: CellTask, progress: bool) -> CellOutcome:
     error_path = Path(task.run_dir) / ERROR_FILE
     try:
         outcome = _run(task, progress)
@@ -120,7 +166,7 @@ def _run(task: CellTask, progress: bool) -> CellOutcome:
                      finished_only=False)
     rec = cell_record(runs, task.config_hash, specs, dataset=cfg.data.dataset)
     if rec.state == DONE:
-        return CellOutcome(task.cell_id, "skipped", rec.pretrain_run_id, {})
+        return CellOutcome(task.cell_id, SKIPPED, rec.pretrain_run_id, {})
 
     run_dir = Path(task.run_dir)
     if rec.pretrain_status == "FINISHED":
@@ -133,7 +179,7 @@ def _run(task: CellTask, progress: bool) -> CellOutcome:
         from sslbench.benchmark.distributed import read_dist_env
 
         if not read_dist_env().is_main:  # data-parallel ranks > 0: rank 0 evaluates
-            return CellOutcome(task.cell_id, "ran", rec.pretrain_run_id, {})
+            return CellOutcome(task.cell_id, RAN, rec.pretrain_run_id, {})
         device = resolve_device(cfg.train.device)
         encoder, _ = load_encoder(ckpt, map_location=device)
         run_id, tags, is_main = rec.pretrain_run_id, identity_tags(cfg, device), True
@@ -145,7 +191,7 @@ def _run(task: CellTask, progress: bool) -> CellOutcome:
         encoder, device, run_id, tags = result.encoder, result.device, result.run_id, result.tags
         is_main = result.is_main
     if not is_main:  # data-parallel ranks > 0: rank 0 evaluates
-        return CellOutcome(task.cell_id, "ran", run_id, {})
+        return CellOutcome(task.cell_id, RAN, run_id, {})
 
     resume_ids: dict[str, str] = {}
     missing = []
@@ -167,7 +213,7 @@ def _run(task: CellTask, progress: bool) -> CellOutcome:
                                    device=device, parent_run_id=run_id, tags=tags,
                                    tracking=tracking, progress=progress, resume_run_ids=resume_ids)
         metrics = {r.spec.name: dict(r.metrics) for r in results}
-    return CellOutcome(task.cell_id, "ran", run_id, metrics)
+    return CellOutcome(task.cell_id, RAN, run_id, metrics)
 
 
 def _write_error(path: Path, message: str) -> None:
@@ -186,8 +232,21 @@ def read_error(run_dir: str | Path) -> str | None:
         return None
 
 
+def read_outcome(log: str | Path) -> CellOutcome | None:
+    """The outcome a cell's subprocess printed last in its log (see :func:`main`); None when the
+    log ends otherwise (it failed, or was killed)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+        return CellOutcome(**json.loads(lines[-1])) if lines else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sslbench.benchmark.cell CELL_JSON``: how the local executor runs a cell."""
+    """``python -m sslbench.benchmark.cell CELL_JSON``: how the local executor runs a cell; the
+    outcome is printed last, as one JSON line (:func:`read_outcome`)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m sslbench.benchmark.cell RUN_DIR/cell.json", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sslbench.benchmark.checkpoint import load_checkpoint
+from sslbench.benchmark.console import eval_line, say
 from sslbench.benchmark.datasets import ArrayDataset, FolderDataset, load_dataset
 from sslbench.benchmark.engine import Tracking
 from sslbench.benchmark.errors import ConfigError
@@ -92,6 +93,7 @@ def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: Any
                      tags: Mapping[str, str], tracking: Tracking | None,
                      progress: bool = True,
                      resume_run_ids: Mapping[str, str] | None = None,
+                     echo: Callable[[str], None] | None = say,
                      **options: Any) -> list[ProtocolResult]:
     """Evaluates ``encoder`` under each named protocol and logs one child run per protocol.
 
@@ -104,14 +106,17 @@ def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: Any
         tags: the pretraining run's identity tags (``dataset`` is the pretraining dataset; each
             evaluation run adds ``eval_dataset``, so a transfer is recorded as both).
         tracking: where to log (None: don't).
-        progress: show tqdm bars.
+        progress: show tqdm bars (only where stderr is a terminal).
         resume_run_ids: protocol name -> an unfinished evaluation run to log into instead of
             creating one (a sweep re-running a cell whose evaluation was killed).
+        echo: where each evaluation's line goes as soon as it has run (None: nowhere).
         **options: passed to :func:`sslbench.protocols.evaluate` (``normalization``,
             ``finetune_encoder``, ``subset``, ``detection_dataset``, ``detection_data_dir``).
     """
     specs = [get_protocol(name) for name in protocols]
-    results = evaluate(encoder, train, test, specs, device=device, progress=progress, **options)
+    on_result = (lambda r: echo(eval_line(r))) if echo is not None else None
+    results = evaluate(encoder, train, test, specs, device=device, progress=progress, on_result=on_result,
+                       **options)
     if tracking is None:
         return results
     from sslbench.results.tracking import TrackedRun, eval_run_name, identity_tags
