@@ -135,8 +135,9 @@ def _resolve_cfg(args: argparse.Namespace) -> Config:
     ``recipe: NAME (why)`` and any note to stderr."""
     from sslbench.benchmark.recipes import quick_recipe_note, recipe_for, resolve
 
+    adapt: tuple[str, ...] = ()
     if args.recipe:
-        recipe, reason, adapt, note = args.recipe, "--recipe", (), None
+        recipe, reason, note = args.recipe, "--recipe", None
     elif args.method:
         choice = recipe_for(args.method, args.dataset, num_classes=_folder_classes(args),
                             image_size=_folder_image_size(args))
