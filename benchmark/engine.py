@@ -487,8 +487,8 @@ def _pretrain(cfg: Config, run_dir: Path, env: DistEnv, device: torch.device, *,
                     writer.durable_epoch = epoch + 1  # only rank 0 writes; the others log nothing
                 log_saved()
         finally:
-            writer.wait()  # a checkpoint in flight reaches the disk even when the run fails
-        log_saved()
+            writer.wait()  # a checkpoint in flight reaches the disk even when the run fails,
+            log_saved()  # and the epochs it saved reach MLflow
 
         done = stop >= cfg.train.epochs and not stopped_by_steps
         if env.is_main and not ckpt_path.exists():  # epochs == 0: the random-init encoder, saved

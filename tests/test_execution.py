@@ -114,7 +114,7 @@ def test_early_stop_writes_its_checkpoint_synchronously(tmp_path):
 def test_mlflow_gets_only_saved_epochs_and_each_once(tmp_path, monkeypatch):
     from sslbench.benchmark.engine import Tracking
     from sslbench.methods.simclr import SimCLR
-    from sslbench.results.tracking import load_runs
+    from sslbench.results.aggregate import load_runs
 
     tracking = Tracking(f"sqlite:///{tmp_path / 'mlruns.db'}", "exec")
     cfg = tiny("simclr", "train.epochs=4", "train.checkpoint_every=2", "train.async_checkpoint=on")
