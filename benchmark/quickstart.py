@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sslbench.benchmark.console import say
 from sslbench.benchmark.engine import Tracking, build_method, identity_tags, pretrain, resolve_device
 from sslbench.benchmark.evaluate import evaluate_and_log, load_eval_splits
 from sslbench.benchmark.recipes import resolve
@@ -46,7 +47,8 @@ def run_quickstart(out: Path | None = None, *, methods: Sequence[str] = QUICK_ME
         overrides: extra ``key=value`` overrides applied to every recipe.
         protocols: protocol names to evaluate with.
         tracking: where to log.
-        progress: show progress bars.
+        progress: show progress bars (only where stderr is a terminal; the line of each
+            finished epoch and evaluation is printed either way).
     """
     from sslbench.benchmark.errors import SSLBenchError
     from sslbench.results.aggregate import aggregate, load_runs
@@ -68,7 +70,7 @@ def run_quickstart(out: Path | None = None, *, methods: Sequence[str] = QUICK_ME
     uri = resolve_tracking_uri(tracking.uri)
     print(f"sslbench quickstart: {', '.join(methods)} + random-init + raw-pixels on "
           f"{first.data.dataset}, {first.train.epochs} epochs each, device {device}, seed {seed}")
-    print(f"  output: {out}\n  MLflow: {redact_uri(uri)} (experiment '{tracking.experiment}')")
+    say(f"  output: {out}\n  MLflow: {redact_uri(uri)} (experiment '{tracking.experiment}')")
     train, test = load_eval_splits(first.data.dataset, device=device)
     run_ids: list[str] = []
 
@@ -89,15 +91,15 @@ def run_quickstart(out: Path | None = None, *, methods: Sequence[str] = QUICK_ME
             tags["backbone"] = "none"
         tags["config_hash"] = f"baseline-{name}-{tags['backbone']}-s{seed}"
         run_id = _log_baseline(tracking, tags, name, first)
-        print(f"[{name}] evaluating")
+        say(f"[{name}] evaluating")
         evaluate(encoder, tags, run_id)
 
     for method, cfg in configs.items():
-        print(f"[{method}] pretraining ({cfg.recipe}: {cfg.backbone}, batch {cfg.data.batch_size}, "
-              f"{cfg.train.epochs} epochs)")
+        say(f"[{method}] pretraining ({cfg.recipe}: {cfg.backbone}, batch {cfg.data.batch_size}, "
+            f"{cfg.train.epochs} epochs)")
         result = pretrain(cfg, out / "runs" / method, tracking=tracking, progress=progress)
-        print(f"[{method}] {result.metrics.get('final/images_per_s', 0):.0f} images/s, "
-              f"{result.metrics['final/wall_time_s']:.0f} s; evaluating")
+        say(f"[{method}] {result.metrics.get('final/images_per_s', 0):.0f} images/s, "
+            f"{result.metrics['final/wall_time_s']:.0f} s; evaluating")
         evaluate(result.encoder, result.tags, result.run_id)
 
     runs = load_runs(tracking_uri=tracking.uri, experiment=tracking.experiment, kind="eval")

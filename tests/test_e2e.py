@@ -32,7 +32,7 @@ def test_pretrain_interrupt_resume_evaluate_log_table(tmp_path, capsys):
         argv += ["--set", kv]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "knn-k200-t0.1: top1" in printed and "linear: top1" in printed
+    assert "knn-k200-t0.1 on synthetic: top1" in printed and "linear on synthetic: top1" in printed
 
     pre = load_runs(tracking_uri=uri, kind="pretrain")
     assert len(pre) == 1, "resume must continue the same MLflow run"
@@ -140,6 +140,6 @@ def test_imagefolder_pretrain_and_evaluate(tmp_path, capsys):
             "--out", str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "knn-k20-t0.07: top1" in printed and "linear-augmented: top1" in printed
+    assert "knn-k20-t0.07 on imagefolder: top1" in printed and "linear-augmented on imagefolder: top1" in printed
     evals = load_runs(tracking_uri=f"sqlite:///{tmp_path}/m.db", kind="eval")
     assert set(evals.eval_dataset) == {"imagefolder"} and (evals.top1 > 50).all()

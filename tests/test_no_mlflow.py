@@ -42,7 +42,7 @@ def test_pretrain_and_eval_run_without_mlflow(tmp_path: Path) -> None:
     pre = _cli(env, work, "pretrain", "--recipe", "simclr-quick", *TINY, "--epochs", "0", "--out", "run",
                "--eval", "knn-k20-t0.07", "--tracking-uri", "none")
     assert pre.returncode == 0, pre.stderr[-3000:]
-    assert "knn-k20-t0.07: top1" in pre.stdout
+    assert "knn-k20-t0.07 on synthetic: top1" in pre.stdout
     checkpoint = work / "run" / "checkpoints" / "last.pt"
     assert checkpoint.is_file()
     ev = _cli(env, work, "eval", str(checkpoint), "--protocol", "knn-k20-t0.07", "--no-progress",

@@ -169,7 +169,7 @@ def test_pretrain_method_on_cifar10_runs_the_cifar10_recipe(tmp_path, monkeypatc
     out = capsys.readouterr()
     assert "recipe: simclr-cifar10 (--method simclr --dataset cifar10)" in out.err
     assert "note:" not in out.err
-    assert "Pretraining simclr (simclr-cifar10) on cifar10" in out.out and "knn-k20-t0.07: top1" in out.out
+    assert "Pretraining simclr (simclr-cifar10) on cifar10" in out.out and "knn-k20-t0.07 on cifar10: top1" in out.out
     state = read_tensor_file(tmp_path / "run" / "checkpoints" / "last.pt", "cpu")
     config = state["config"]
     assert config["recipe"] == "simclr-cifar10" and config["optim"]["name"] == "lars"
