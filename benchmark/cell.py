@@ -94,12 +94,14 @@ def cell_lock(run_dir: str | Path) -> Iterator[bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
+        got = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
-        yield True
+            got = False
+        except OSError:  # a file system without flock (Lustre mounted without -o flock): unlocked
+            pass
+        yield got
     finally:
         os.close(fd)  # closing the last descriptor releases the lock
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,9 @@ AXIS_ALIASES: dict[str, str] = {
     "lr": "optim.base_lr",
     "base_lr": "optim.base_lr",
 }
+#: Written into the sweep folder by ``sweep run``: the sweep as validated, so that
+#: ``sslbench sweep status --name N`` needs neither the file nor the command line again.
+SPEC_FILE = "sweep.json"
 _TOP_KEYS = {"name", "recipe", "protocols", "set", "axes", "include", "exclude", "out", "tracking",
              "slurm", "local"}
 
@@ -190,7 +194,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
     text = path.read_text()
     try:
         if path.suffix == ".toml":
-            import tomllib
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
+                import tomli as tomllib
 
             raw: Any = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
@@ -213,6 +220,75 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if spec.out is not None and not spec.out.is_absolute():  # relative to the sweep file
         spec = dataclasses.replace(spec, out=(path.parent / spec.out))
     return spec
+
+
+def example_sweeps() -> dict[str, str]:
+    """The example sweep files shipped inside the package (``benchmark/sweeps/*.toml``, package
+    data): name -> TOML text."""
+    from importlib.resources import files
+
+    folder = files("sslbench.benchmark").joinpath("sweeps")
+    return {f.name.removesuffix(".toml"): f.read_text(encoding="utf-8")
+            for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".toml")}
+
+
+def example_sweep(name: str) -> str:
+    """One example sweep file's text (``name`` with or without ``.toml``).
+
+    Raises:
+        UnknownNameError: no such example (listing the ones there are).
+    """
+    from sslbench.benchmark.errors import unknown_name
+
+    examples = example_sweeps()
+    key = name.removesuffix(".toml")
+    if key not in examples:
+        raise unknown_name("example sweep", name, examples, "`sslbench sweep examples` lists them.")
+    return examples[key]
+
+
+def sweep_to_dict(spec: SweepSpec) -> dict[str, Any]:
+    """``spec`` as the table a sweep file holds (:func:`sweep_from_dict` gives it back), with the
+    folder made absolute."""
+    def settings(obj: Any) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
+                for k, v in dataclasses.asdict(obj).items() if v is not None}
+
+    tracking: dict[str, Any] = {"experiment": spec.experiment}
+    if spec.tracking_uri is not None:
+        tracking["uri"] = spec.tracking_uri
+    return {"name": spec.name, "recipe": spec.recipe, "protocols": list(spec.protocols),
+            "set": dict(spec.fixed), "axes": {k: list(v) for k, v in spec.axes.items()},
+            "include": [dict(r) for r in spec.include], "exclude": [dict(r) for r in spec.exclude],
+            "out": str(spec.sweep_dir.resolve()), "tracking": tracking,
+            "slurm": settings(spec.slurm), "local": settings(spec.local)}
+
+
+def save_sweep(spec: SweepSpec) -> Path:
+    """Writes ``<sweep folder>/sweep.json`` (:data:`SPEC_FILE`) and returns its path."""
+    from sslbench.benchmark.files import atomic_write_text
+
+    return atomic_write_text(spec.sweep_dir / SPEC_FILE,
+                             json.dumps(sweep_to_dict(spec), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def saved_sweep(sweep_dir: str | Path) -> SweepSpec:
+    """The sweep that ``sweep run`` saved into ``sweep_dir`` (:func:`save_sweep`).
+
+    Raises:
+        SSLBenchError: no saved sweep there, or one that no longer validates.
+    """
+    path = Path(sweep_dir) / SPEC_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SSLBenchError(f"No sweep was run in '{sweep_dir}' (it has no {SPEC_FILE}).",
+                            "Give the sweep FILE (or the command-line form) once more, or --out the "
+                            "sweep's folder; `sweep run` saves the sweep there.") from None
+    except (OSError, ValueError) as exc:
+        raise SSLBenchError(f"Cannot read '{path}' ({exc}).",
+                            "Give the sweep FILE again; the next `sweep run` rewrites it.") from None
+    return sweep_from_dict(raw, source=str(path))
 
 
 def sweep_from_dict(raw: Mapping[str, Any], *, source: str = "<cli>") -> SweepSpec:

@@ -3,10 +3,13 @@
 - ``plan`` submits nothing: it lists the cells, how many are done, and the pretraining cost
   estimated from the images/s that finished runs of the same method, backbone, dataset and
   batch size measured.
-- ``run`` writes each cell's ``cell.json``, skips the cells that are done (MLflow, by config
-  hash and protocol spec) or still queued/running in SLURM, and runs the rest: in this process,
-  as local subprocesses, or as one SLURM job array. A second ``run`` of a finished sweep
-  submits nothing.
+- ``run`` writes each cell's ``cell.json`` (and the sweep's ``sweep.json``), skips the cells
+  that are done (MLflow, by config hash and protocol spec) or still queued/running in SLURM,
+  and runs the rest: in this process, as local subprocesses, or as one SLURM job array, printing
+  each finished cell with its result and time. A second ``run`` of a finished sweep submits
+  nothing; a second driver on the same folder skips the cells the first one is running (their
+  lock, :func:`~sslbench.benchmark.cell.cell_lock`). A SLURM submission that fails leaves no
+  cell folders behind.
 - ``status`` shows each cell's state from MLflow, the cell folders and ``squeue``.
 """
 
@@ -14,18 +17,28 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from sslbench.benchmark.cell import CellTask, read_error, run_cell
+from sslbench.benchmark.cell import (
+    ELSEWHERE,
+    SKIPPED,
+    CellOutcome,
+    CellTask,
+    read_error,
+    read_outcome,
+    run_cell,
+)
+from sslbench.benchmark.console import duration, metrics_text
 from sslbench.benchmark.errors import SSLBenchError
-from sslbench.benchmark.sweep import Cell, SweepSpec, expand
+from sslbench.benchmark.sweep import Cell, SweepSpec, expand, save_sweep
 from sslbench.results import cells as C
 from sslbench.results import tracking as T
 
@@ -166,26 +179,37 @@ def plan(spec: SweepSpec) -> str:
 
 
 def _hms(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    h, rem = divmod(int(round(seconds)), 3600)
-    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+    return "?" if seconds is None else duration(seconds)
 
 
 # --- run ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunReport:
-    """What ``sweep run`` did: cells skipped as done, skipped as queued, run or submitted, failed."""
+    """What ``sweep run`` did: cells skipped as done, skipped as queued, run or submitted, failed,
+    and skipped as running elsewhere (another driver held their lock)."""
 
     done: list[str]
     queued: list[str]
     launched: list[str]
     failed: dict[str, str]
     job_ids: dict[str, str]
+    elsewhere: list[str] = field(default_factory=list)
+
+
+def outcome_text(outcome: CellOutcome | None, seconds: float) -> str:
+    """A finished cell's result and time, e.g. ``done in 1m02s: knn-k20-t0.07 top1 81.20``."""
+    if outcome is not None and outcome.action == ELSEWHERE:
+        return "running elsewhere (another driver holds its lock): skipped here"
+    if outcome is not None and outcome.action == SKIPPED:
+        return "already done (MLflow has every result)"
+    text = f"done in {duration(seconds)}"
+    results = [f"{name} top1 {m['top1']:.2f}" if "top1" in m else f"{name} {metrics_text(m)}"
+               for name, m in (outcome.metrics if outcome is not None else {}).items()]
+    return text + (": " + "; ".join(results) if results else "")
 
 
 def run(spec: SweepSpec, executor: str = "local", *, workers: int | None = None,
-        wait: bool = False, echo: Callable[[str], None] = print) -> RunReport:
+        wait: bool = False, echo: Callable[[str], None] = print, progress: bool = True) -> RunReport:
     """Runs (or submits) every cell that is not done.
 
     Args:
@@ -193,7 +217,9 @@ def run(spec: SweepSpec, executor: str = "local", *, workers: int | None = None,
         executor: ``local`` (here; ``workers`` > 1: that many subprocesses) or ``slurm``.
         workers: overrides ``[local] workers``.
         wait: slurm: poll until the submitted jobs have left the queue.
-        echo: where progress lines go.
+        echo: where progress lines go (one per cell started and finished).
+        progress: progress bars for the cells run in this process, where stderr is a terminal
+            (subprocesses and jobs write logs: epoch and evaluation lines, no bars).
 
     Raises:
         SSLBenchError: unknown executor, sbatch missing, SLURM refusing the array, an
@@ -216,37 +242,78 @@ def run(spec: SweepSpec, executor: str = "local", *, workers: int | None = None,
     todo = [s for s in sts if s.cell.id not in done and s.cell.id not in queued]
     echo(f"Sweep '{spec.name}': {len(cells)} cells; {len(done)} done, {len(queued)} queued or "
          f"running in SLURM, {len(todo)} to run ({executor}).")
-    paths = {s.cell.id: _task(spec, s.cell).save() for s in todo}
+    if not todo:
+        return RunReport(done, queued, [], {}, {})
     failed: dict[str, str] = {}
     job_ids: dict[str, str] = {}
-    if todo and executor == "slurm":
+    elsewhere: list[str] = []
+    if executor == "slurm":
         from sslbench.slurm.executor import submit_cells
 
-        job_ids = submit_cells(spec.slurm, spec.sweep_dir, spec.name, paths)
+        made = _new_paths(spec, todo)
+        try:
+            save_sweep(spec)
+            paths = {s.cell.id: _task(spec, s.cell).save() for s in todo}
+            job_ids = submit_cells(spec.slurm, spec.sweep_dir, spec.name, paths)
+        except Exception:  # no half-made cell folders: remove what this call created (not on
+            _remove(made)  # Ctrl-C, which may come after sbatch took the array)
+            raise
         echo(f"Submitted {len(job_ids)} cell(s) as a job array "
              f"({', '.join(sorted({j.split('_')[0] for j in job_ids.values()}))}); logs in "
              f"{spec.sweep_dir / 'slurm'}.")
         if wait:
             _wait_for_jobs(list(job_ids.values()), echo)
-    elif todo and (workers or spec.local.workers) > 1:
-        failed = _run_subprocesses(paths, workers or spec.local.workers, echo)
-    else:  # in this process (nothing when todo is empty)
+        return RunReport(done, queued, [s.cell.id for s in todo], failed, job_ids)
+    save_sweep(spec)
+    paths = {s.cell.id: _task(spec, s.cell).save() for s in todo}
+    if (workers or spec.local.workers) > 1:
+        failed, elsewhere = _run_subprocesses(paths, workers or spec.local.workers, echo)
+    else:  # in this process
         for i, s in enumerate(todo, 1):
             echo(f"[{i}/{len(todo)}] {s.cell.id} ({s.state})")
+            t0 = time.perf_counter()
             try:
-                run_cell(CellTask.load(paths[s.cell.id]))
+                outcome = run_cell(CellTask.load(paths[s.cell.id]), progress=progress)
             except SSLBenchError as exc:
                 failed[s.cell.id] = str(exc)
-                echo(f"  failed: {exc}")
-    return RunReport(done, queued, [s.cell.id for s in todo], failed, job_ids)
+                echo(f"[{i}/{len(todo)}] {s.cell.id} failed after {duration(time.perf_counter() - t0)}: {exc}")
+                continue
+            if outcome.action == ELSEWHERE:
+                elsewhere.append(s.cell.id)
+            echo(f"[{i}/{len(todo)}] {s.cell.id} {outcome_text(outcome, time.perf_counter() - t0)}")
+    launched = [s.cell.id for s in todo if s.cell.id not in elsewhere]
+    return RunReport(done, queued, launched, failed, job_ids, elsewhere)
+
+
+def _new_paths(spec: SweepSpec, todo: Iterable[CellStatus]) -> list[Path]:
+    """The folders (sweep, cells/, slurm/, each cell's) that do not exist yet: those a failed
+    submission removes again, outermost first (the cell folders of earlier runs stay)."""
+    root = spec.sweep_dir
+    if not root.exists():
+        while not root.parent.exists():  # e.g. a first sweep: sslbench-sweeps/ too
+            root = root.parent
+        return [root]
+    candidates = [root / "cells", root / "slurm", *(s.cell.run_dir for s in todo)]
+    new = [p for p in candidates if not p.exists()]
+    return [p for p in new if not any(q in p.parents for q in new)]
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _run_subprocesses(paths: dict[str, Path], workers: int,
-                      echo: Callable[[str], None]) -> dict[str, str]:
-    """Each cell as ``python -m sslbench.benchmark.cell``, ``workers`` at a time; log per cell."""
+                      echo: Callable[[str], None]) -> tuple[dict[str, str], list[str]]:
+    """Each cell as ``python -m sslbench.benchmark.cell``, ``workers`` at a time; log per cell.
+
+    Returns:
+        The failed cells (id -> error) and those another driver was running.
+    """
     pending = list(paths.items())
-    running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    running: dict[str, tuple[subprocess.Popen[bytes], Path, float]] = {}
     failed: dict[str, str] = {}
+    elsewhere: list[str] = []
     while pending or running:
         while pending and len(running) < workers:
             cell_id, path = pending.pop(0)
@@ -254,19 +321,23 @@ def _run_subprocesses(paths: dict[str, Path], workers: int,
             with log.open("ab") as fh:
                 proc = subprocess.Popen([sys.executable, "-m", "sslbench.benchmark.cell", str(path)],
                                         stdout=fh, stderr=subprocess.STDOUT)
-            running[cell_id] = (proc, log)
+            running[cell_id] = (proc, log, time.perf_counter())
             echo(f"started {cell_id} (pid {proc.pid}, log {log})")
-        for cell_id, (proc, log) in list(running.items()):
+        for cell_id, (proc, log, t0) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[cell_id]
+            seconds = time.perf_counter() - t0
             if proc.returncode == 0:
-                echo(f"finished {cell_id}")
+                outcome = read_outcome(log)
+                if outcome is not None and outcome.action == ELSEWHERE:
+                    elsewhere.append(cell_id)
+                echo(f"{cell_id} {outcome_text(outcome, seconds)}")
             else:
                 failed[cell_id] = read_error(log.parent) or f"exit code {proc.returncode}; see {log}"
-                echo(f"failed {cell_id}: {failed[cell_id]}")
+                echo(f"{cell_id} failed after {duration(seconds)}: {failed[cell_id]}")
         time.sleep(0.2)
-    return failed
+    return failed, elsewhere
 
 
 def _wait_for_jobs(job_ids: list[str], echo: Callable[[str], None], poll_s: float = 2.0) -> None:

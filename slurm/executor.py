@@ -53,11 +53,12 @@ def slurm_executor(settings: Any, folder: Path, job_name: str) -> submitit.Slurm
     """A submitit executor for one sweep (``settings``: a :class:`SlurmSettings`).
 
     Raises:
-        SSLBenchError: ``sbatch`` is not on PATH.
+        SSLBenchError: ``sbatch`` (or ``srun``, which submitit's jobs start with) is not on PATH.
     """
-    if shutil.which("sbatch") is None:
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
         raise SSLBenchError(
-            "`sbatch` was not found, so nothing can be submitted to SLURM.",
+            f"`{missing[0]}` was not found, so nothing can be submitted to SLURM.",
             "Run on a SLURM login node (or load its module), or use `--executor local`.")
     ex = submitit.SlurmExecutor(folder=str(folder / "%j"), max_num_timeout=settings.max_requeues)
     params: dict[str, Any] = {
