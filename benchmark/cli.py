@@ -6,11 +6,12 @@ Every user error is an :class:`SSLBenchError`: printed as one paragraph (no trac
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sslbench.benchmark.errors import SSLBenchError
 
@@ -174,19 +175,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = _resolve_cfg(args)
     out = Path(args.out) if args.out else Path("sslbench-runs") / (
         f"{cfg.recipe}-{cfg.hash()[:8]}-s{cfg.train.seed}")
-    print(f"Pretraining {cfg.method} ({cfg.recipe}) on {cfg.data.dataset}; run folder {out}")
+    print(f"Pretraining {cfg.method} ({cfg.recipe}) on {cfg.data.dataset}; run folder {out}", flush=True)
     result = pretrain(cfg, out, resume=args.resume, tracking=_tracking(args),
                       progress=not args.no_progress)
     print(f"Checkpoint: {result.checkpoint}")
     if protocols and result.is_main:  # data-parallel: rank 0 evaluates
         train, test = load_eval_splits(cfg.data.dataset, data_dir=cfg.data.data_dir,
                                        image_size=cfg.data.image_size, device=result.device)
-        results = evaluate_and_log(result.encoder, protocols=protocols, train=train, test=test,
-                                   device=result.device, parent_run_id=result.run_id,
-                                   tags=result.tags, tracking=_tracking(args),
-                                   progress=not args.no_progress)
-        for r in results:
-            print(f"  {r.spec.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.metrics.items()))
+        # one line per evaluation as it finishes (evaluate_and_log's echo)
+        evaluate_and_log(result.encoder, protocols=protocols, train=train, test=test,
+                         device=result.device, parent_run_id=result.run_id,
+                         tags=result.tags, tracking=_tracking(args),
+                         progress=not args.no_progress)
     return 0
 
 
@@ -258,11 +258,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"note: the pretraining run {parent} is not in this tracking store; the evaluation runs "
                   "are logged top-level with tag source_pretrain_run_id.", file=sys.stderr)
             tags, parent = {**tags, "source_pretrain_run_id": parent}, None
-    results = evaluate_and_log(encoder.to(device), protocols=protocols, train=train,
-                               test=test, device=device, parent_run_id=parent,
-                               tags=tags, tracking=tracking, progress=not args.no_progress, **options)
-    for r in results:
-        print(f"{r.spec.name} on {r.eval_dataset}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.metrics.items()))
+    # one line per evaluation as it finishes (evaluate_and_log's echo)
+    evaluate_and_log(encoder.to(device), protocols=protocols, train=train,
+                     test=test, device=device, parent_run_id=parent,
+                     tags=tags, tracking=tracking, progress=not args.no_progress, **options)
     return 0
 
 
@@ -387,27 +386,39 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The CLI form's sweep name when --name is not given.
+_CLI_SWEEP_NAME = "cli-sweep"
+
+
 def _sweep_spec(args: argparse.Namespace) -> SweepSpec:
-    """The sweep from FILE, or from the CLI form (--recipe, --axis, --set, --protocols)."""
+    """The sweep from FILE, from the CLI form (--recipe, --axis, --set, --protocols), or, with
+    only --name (or --out), the one ``sweep run`` saved in its folder."""
     import dataclasses
 
-    from sslbench.benchmark.sweep import load_sweep, parse_cli_axes, sweep_from_dict
+    from sslbench.benchmark.sweep import load_sweep, parse_cli_axes, saved_sweep, sweep_from_dict
 
     if args.file:
         if args.recipe or args.axis:
             raise SSLBenchError("A sweep FILE and --recipe/--axis were both given.",
                                 "Use one: the file, or the command-line form.")
         spec = load_sweep(args.file)
-    else:
-        if not args.recipe:
-            raise SSLBenchError("No sweep file and no --recipe.",
-                                "Pass FILE, or --recipe NAME with --axis key=v1,v2 (repeatable).")
+    elif args.recipe:
+        name = args.name or _CLI_SWEEP_NAME
         axes, fixed = parse_cli_axes(args.axis, args.set)
-        raw: dict[str, object] = {"name": args.name, "recipe": args.recipe, "axes": axes,
+        raw: dict[str, object] = {"name": name, "recipe": args.recipe, "axes": axes,
                                   "set": fixed, "protocols": _protocol_names(args.protocols)}
         if args.out:
             raw["out"] = args.out
-        spec = sweep_from_dict(raw, source=f"--name {args.name}")
+        spec = sweep_from_dict(raw, source=f"--name {name}")
+    elif args.name or args.out:
+        if args.axis or args.set or args.protocols:
+            raise SSLBenchError("--axis, --set and --protocols build a sweep with --recipe; --name alone "
+                                "reads a sweep already run.", "Add --recipe NAME, or drop them.")
+        spec = saved_sweep(Path(args.out) if args.out else Path("sslbench-sweeps") / args.name)
+    else:
+        raise SSLBenchError("No sweep file, no --recipe and no --name.",
+                            "Pass FILE, --recipe NAME with --axis key=v1,v2 (repeatable), or --name N "
+                            "of a sweep `sweep run` has run.")
     if args.file and args.out:  # the folder can be moved for a file's sweep too
         spec = dataclasses.replace(spec, out=Path(args.out))
     if args.tracking_uri or args.experiment:
@@ -422,7 +433,10 @@ def _sweep_spec(args: argparse.Namespace) -> SweepSpec:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from sslbench.benchmark import sweep_run
+    from sslbench.benchmark.console import say
 
+    if args.action == "examples":
+        return _sweep_examples(args)
     spec = _sweep_spec(args)
     if args.action == "plan":
         print(sweep_run.plan(spec))
@@ -430,11 +444,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(sweep_run.status_text(spec))
     else:
         _set_threads(args.threads)
-        report = sweep_run.run(spec, args.executor, workers=args.workers, wait=args.wait)
+        report = sweep_run.run(spec, args.executor, workers=args.workers, wait=args.wait, echo=say,
+                               progress=not args.no_progress)
+        if report.elsewhere:
+            print(f"{len(report.elsewhere)} cell(s) were running in another driver; `sslbench sweep "
+                  "status` follows them.", file=sys.stderr)
         if report.failed:
             print(f"{len(report.failed)} cell(s) failed; `sslbench sweep status` shows why.",
                   file=sys.stderr)
             return 1
+    return 0
+
+
+def _sweep_examples(args: argparse.Namespace) -> int:
+    """``sweep examples``: the example sweep files shipped with the package; ``examples NAME``
+    prints one, ``--out FILE`` copies it (never over an existing file)."""
+    from sslbench.benchmark.sweep import example_sweep, example_sweeps
+
+    if not args.file:
+        for name, text in example_sweeps().items():
+            first = next((line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")), "")
+            print(f"{name:18s} {first.rstrip(':')}")
+        print("\nPrint one: sslbench sweep examples NAME; copy it to edit: sslbench sweep examples NAME "
+              "--out FILE.toml")
+        return 0
+    text = example_sweep(args.file)
+    if not args.out:
+        print(text, end="")
+        return 0
+    target = Path(args.out)
+    if target.exists():
+        raise SSLBenchError(f"'{target}' already exists.", "Choose another --out; sslbench never overwrites files.")
+    from sslbench.benchmark.files import atomic_write_text
+
+    atomic_write_text(target, text)
+    print(f"Wrote {target}; run it with: sslbench sweep run {target}")
     return 0
 
 
@@ -504,27 +548,79 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", help="augmentation recipe (`sslbench augmentations`)")
     p.add_argument("--data-dir", help="where the dataset lives")
     p.add_argument("--download", action="store_true", help="allow torchvision to download the dataset")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int, help="pretraining epochs (train.epochs)")
+    p.add_argument("--batch-size", type=int, help="global batch size, over all GPUs (data.batch_size)")
+    p.add_argument("--seed", type=int, help="seed of the run (train.seed)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.base_lr=0.3 (repeatable)")
 
 
+_NO_PROGRESS_HELP = ("no progress bars (they are drawn only on a terminal anyway); the line of each "
+                     "finished epoch and evaluation is still printed")
+_THREADS_HELP = "torch CPU threads (0: torch's default)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that names the closest command or choice to a mistyped one."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is None or value in action.choices:
+            return
+        names = [str(c) for c in action.choices]
+        close = difflib.get_close_matches(str(value), names, n=1)
+        maybe = f"; did you mean '{close[0]}'?" if close else ""
+        if isinstance(action, argparse._SubParsersAction):
+            raise argparse.ArgumentError(None, f"unknown command '{value}'{maybe}"
+                                         + ("" if close else f" (commands: {', '.join(names)})"))
+        raise argparse.ArgumentError(action, f"invalid choice '{value}'{maybe} (choose from {', '.join(names)})")
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``command`` (``parser`` itself when it has no such subcommand)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """``unrecognized arguments: ...``, naming the closest option to each mistyped one."""
+    options = [o for action in parser._actions for o in action.option_strings]
+    hints: dict[str, str] = {}  # mistyped flag -> the closest option
+    for extra in extras:
+        flag = extra.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, options, n=1) if flag.startswith("--") else []
+        if close:
+            hints[flag] = close[0]
+    text = f"unrecognized arguments: {' '.join(extras)}"
+    if len(hints) == 1:
+        return text + f" (did you mean {next(iter(hints.values()))}?)"
+    if hints:
+        return text + f" (did you mean {', '.join(f'{v} for {k}' for k, v in hints.items())}?)"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslbench", description=__doc__.splitlines()[0] if __doc__ else "")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from sslbench import __version__
+
+    parser = _Parser(prog="sslbench", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print sslbench's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (`sslbench COMMAND --help` for its options)")
 
     p = sub.add_parser("quickstart", help="pretrain SimCLR, MoCo v2, BYOL on the embedded data, "
                                           "evaluate, log, compare")
     p.add_argument("--out", help="output folder (default sslbench-output/quickstart-<time>)")
-    p.add_argument("--methods", default="simclr,mocov2,byol")
+    p.add_argument("--methods", default="simclr,mocov2,byol",
+                   help="methods to pretrain, comma-separated (each with its <method>-quick recipe)")
     p.add_argument("--epochs", type=int, help="override the recipes' epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in every recipe (repeatable)")
+    p.add_argument("--threads", type=int, default=0, help=_THREADS_HELP)
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_tracking(p)
     p.set_defaults(fn=cmd_quickstart)
 
@@ -534,17 +630,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--eval", default="", help="protocols to run afterwards, comma-separated "
                                               "(e.g. knn-k200-t0.1,knn-k20-t0.07,linear)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help=_THREADS_HELP)
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_tracking(p, optional=True)
     p.set_defaults(fn=cmd_pretrain)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint under protocols")
-    p.add_argument("checkpoint")
-    p.add_argument("--protocol", default="knn-k200-t0.1,knn-k20-t0.07,linear")
+    p.add_argument("checkpoint", help="an sslbench checkpoint (last.pt) or a plain timm / torchvision state dict")
+    p.add_argument("--protocol", default="knn-k200-t0.1,knn-k20-t0.07,linear",
+                   help="protocols, comma-separated (`sslbench protocols`; default: both kNNs and linear)")
     p.add_argument("--dataset", help="evaluation dataset (default: the pretraining one; another one "
                    "makes a transfer, recorded as eval_dataset)")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="where the evaluation dataset lives")
     p.add_argument("--backbone", help="the backbone of a plain timm / torchvision state dict")
     p.add_argument("--in-chans", type=int, help="input channels of a plain state dict (default 3)")
     p.add_argument("--image-size", type=int, help="input size of a plain state dict (default: timm's for the "
@@ -557,20 +654,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detection-dataset", help="detection dataset (default: the spec's): embedded-detection, embedded-detection-color, "
                    "voc07, voc0712, coco2017, coco-folder")
     p.add_argument("--detection-data-dir", help="where the detection dataset lives")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--threads", type=int, default=0, help=_THREADS_HELP)
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     _add_tracking(p, optional=True)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("subset", help="write a class-balanced labelled subset file (semi-supervised splits)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--data-dir")
+    p.add_argument("--dataset", required=True, help="dataset name (`sslbench datasets`)")
+    p.add_argument("--data-dir", help="where the dataset lives")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--fraction", type=float, help="e.g. 0.01 for 1 %%")
     group.add_argument("--per-class", type=int, help="images per class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    p.add_argument("--out", required=True, help="the subset file to write (JSON)")
     p.set_defaults(fn=cmd_subset)
 
     p = sub.add_parser("results", help="aggregate MLflow runs: tables, plots, ablations, exports",
@@ -580,11 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "accuracy vs compute; export: the run frame (or --aggregated) as "
                                    "CSV or Parquet (by --out's suffix); baselines: sslbench's own "
                                    "reference rows from the runs (results/reference/sslbench.csv).")
-    p.add_argument("what", choices=("table", "plot", "ablation", "export", "baselines"))
+    p.add_argument("what", choices=("table", "plot", "ablation", "export", "baselines"),
+                   help="table, plot, ablation, export or baselines (see above)")
     p.add_argument("--out", default="sslbench-output",
                    help="folder (table, plot, ablation) or file (export: .csv/.parquet; baselines: .csv)")
-    p.add_argument("--stem", default="results")
-    p.add_argument("--metric", default="top1")
+    p.add_argument("--stem", default="results", help="table, plot: file name without suffix (default results)")
+    p.add_argument("--metric", default="top1", help="the metric to aggregate (default top1)")
     p.add_argument("--protocol", help="plot, ablation: one protocol only")
     p.add_argument("--baseline-augment", help="ablation: the full augmentation recipe the drop-one "
                                               "variants (<recipe>-no-<t>) are compared with")
@@ -626,22 +724,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="plan, run and follow a grid of runs (locally or on SLURM)",
                        description="A sweep is a base recipe plus axes (README: Running sweeps). "
                                    "Give a FILE (.toml/.yaml) or the command-line form.")
-    p.add_argument("action", choices=("plan", "run", "status"))
-    p.add_argument("file", nargs="?", help="sweep file (.toml or .yaml)")
+    p.add_argument("action", choices=("plan", "run", "status", "examples"),
+                   help="plan (cells, cost; submits nothing), run, status, or examples (the example "
+                        "sweep files shipped with sslbench)")
+    p.add_argument("file", nargs="?", help="sweep file (.toml or .yaml); examples: the example's name")
     p.add_argument("--recipe", help="CLI form: the base recipe")
     p.add_argument("--axis", action="append", default=[], metavar="KEY=V1,V2",
                    help="CLI form: an axis, e.g. --axis method=simclr,byol --axis batch_size=64,128")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="CLI form: a fixed override for every cell")
     p.add_argument("--protocols", default="", help="CLI form: protocols after each pretraining")
-    p.add_argument("--name", default="cli-sweep", help="CLI form: the sweep's name")
-    p.add_argument("--out", help="the sweep folder (default: the file's `out`, else sslbench-sweeps/<name>)")
-    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--name", help=f"CLI form: the sweep's name (default {_CLI_SWEEP_NAME}); alone: the sweep "
+                                  "`sweep run` saved in sslbench-sweeps/<name>, e.g. sweep status --name N")
+    p.add_argument("--out", help="the sweep folder (default: the file's `out`, else sslbench-sweeps/<name>); "
+                                 "examples: copy the example to this file")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="run: local (here, cell by cell) or slurm (one job array; default local)")
     p.add_argument("--workers", type=int, help="local: cells at once (subprocesses when > 1)")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="override a [slurm] setting, e.g. --slurm partition=gpu --slurm time_min=30")
     p.add_argument("--wait", action="store_true", help="slurm: wait until the jobs have left the queue")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help=_THREADS_HELP)
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides the file)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (overrides the file)")
     p.set_defaults(fn=cmd_sweep)
@@ -657,7 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sslbench`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # the subcommand's usage, not the top level's (exits 2)
+        command = _subparser(parser, args.command)
+        command.error(_unrecognized(command, extras))
     try:
         _check_tracking(args)
         return int(args.fn(args) or 0)
