@@ -184,7 +184,7 @@ def plan(n_runs: int, n_params: int, experiment_id: int, artifact_root: str) -> 
             metrics = {T.METRIC_TRAIN_LOSS: losses, T.METRIC_TRAIN_LR: [0.1] * HISTORY_STEPS,
                        T.METRIC_FINAL_TRAIN_LOSS: losses[-1:], T.METRIC_FINAL_WALL_TIME_S: [3600.0],
                        T.METRIC_FINAL_IMAGES_PER_S: [2500.0], T.METRIC_FINAL_PEAK_MEMORY_MB: [9000.0]}
-            name = T.pretrain_run_name(method, dataset, batch_size, seed)
+            name = T.pretrain_run_name(params["recipe"], seed, batch_size=batch_size)
             parents[key] = (new_run(name, "FINISHED", tags, params, metrics), tags)
         return parents[key]
 
@@ -201,12 +201,12 @@ def plan(n_runs: int, n_params: int, experiment_id: int, artifact_root: str) -> 
                 T.TAG_PROTOCOL_SPEC: json.dumps(spec, sort_keys=True), T.TAG_EVAL_DATASET: dataset,
                 T.TAG_PARENT_RUN_ID: parent_id, T.TAG_SWEEP: "bench",
                 T.TAG_SWEEP_CELL: parent_tags[T.TAG_SWEEP_CELL]}
-        params = {"num_train": "50000.0", "num_test": "10000.0", "feature_dim": "512.0",
+        params = {"num_train": "50000", "num_test": "10000", "feature_dim": "512",
                   "feature_seconds": f"{20 + i % 9}.25"}
         top1 = known_top1(method, dataset, batch_size, protocol, seed)
         metrics = {T.METRIC_TOP1: [top1], T.METRIC_TOP5: [top1 + 12.5], "eval_seconds": [30.0 + i % 7]}
         if spec["kind"] == "knn":
-            params.update(k=str(float(spec["k"])), temperature=str(spec["temperature"]))
+            params.update(k=str(spec["k"]), temperature=str(spec["temperature"]))
         else:
             grid = {f"lr={lr},wd={wd}": 50.0 for lr in spec["lrs"] for wd in spec["weight_decays"]}
             params.update(lr=str(spec["lrs"][1]), weight_decay=str(spec["weight_decays"][1]),
@@ -215,9 +215,9 @@ def plan(n_runs: int, n_params: int, experiment_id: int, artifact_root: str) -> 
         params.update({f"pad.{j:02d}": f"value-{j}" for j in range(max(0, n_params - len(params)))})
         if failed:  # FAILED before logging anything but its tags
             tags[T.TAG_ERROR] = "NonFiniteLossError: the probe's loss became nan"
-            new_run(T.eval_run_name(protocol), "FAILED", tags, {}, {})
+            new_run(T.eval_run_name(protocol, T.run_label(parent_tags)), "FAILED", tags, {}, {})
             continue
-        layout.eval_ids.append(new_run(T.eval_run_name(protocol), "FINISHED", tags, params, metrics))
+        layout.eval_ids.append(new_run(T.eval_run_name(protocol, T.run_label(parent_tags)), "FINISHED", tags, params, metrics))
         group = dict(method=method, dataset=dataset, backbone=BACKBONE, batch_size=batch_size,
                      epochs=EPOCHS, protocol=protocol)
         layout.top1[tuple(group[c] for c in DEFAULT_BY)].append(top1)

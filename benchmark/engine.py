@@ -600,14 +600,28 @@ def _tracked_run(tracking: Tracking | None, cfg: Config, tags: dict[str, str],
                  run_id: str | None) -> contextlib.AbstractContextManager[Any]:
     if tracking is None:
         return contextlib.nullcontext()
+    from sslbench.benchmark.recipes import get_recipe
+    from sslbench.results.run_artifacts import finishing
     from sslbench.results.tracking import PROVENANCE_TAGS, TrackedRun, git_commit, pretrain_run_name
 
     if run_id is not None:  # a resumed run keeps the provenance it started with
         tags = {k: v for k, v in tags.items() if k not in PROVENANCE_TAGS}
         tags["resumed_git_commit"] = git_commit()
-    name = pretrain_run_name(cfg.method, cfg.data.dataset, cfg.data.batch_size, cfg.train.seed)
-    return TrackedRun(run_name=name, tags=tags, experiment=tracking.experiment,
-                      tracking_uri=tracking.uri, run_id=run_id)
+    # The name says what ran: the recipe and seed, and where the run departs from its recipe,
+    # the dataset, batch size and epochs (a sweep's cells differ there).
+    try:
+        base: Config | None = get_recipe(cfg.recipe).config
+    except SSLBenchError:  # a config that names no registered recipe
+        base = None
+    name = pretrain_run_name(
+        cfg.recipe, cfg.train.seed,
+        dataset=cfg.data.dataset if base is None or cfg.data.dataset != base.data.dataset else None,
+        batch_size=cfg.data.batch_size if base is None or cfg.data.batch_size != base.data.batch_size else None,
+        epochs=cfg.train.epochs if base is None or cfg.train.epochs != base.train.epochs else None)
+    run = TrackedRun(run_name=name, tags=tags, experiment=tracking.experiment,
+                     tracking_uri=tracking.uri, run_id=run_id)
+    # A finished run also stores its final checkpoint (or its sha256) and training curves.
+    return finishing(run, Path(tags[TAG_RUN_DIR]) / "checkpoints" / CHECKPOINT_NAME, name)
 
 
 def _tracking_unfinished(tracking: Tracking | None, run_id: str | None) -> bool:

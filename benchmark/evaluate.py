@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,11 @@ def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: Any
                      **options: Any) -> list[ProtocolResult]:
     """Evaluates ``encoder`` under each named protocol and logs one child run per protocol.
 
+    Each run is named after the protocol and what it evaluated (``linear ← simclr-cifar10 s0``),
+    starts and ends when its protocol did (the first one's span includes the feature extraction
+    the protocols share), and its pretraining run gets the headline metrics
+    (``eval/{protocol}/top1``, ``.../top5``; ``AP`` for detection).
+
     Args:
         encoder: images -> features (kept frozen; the protocols check it).
         protocols: protocol spec names (``sslbench protocols`` lists them).
@@ -114,32 +120,55 @@ def evaluate_and_log(encoder: nn.Module, *, protocols: Sequence[str], train: Any
             ``finetune_encoder``, ``subset``, ``detection_dataset``, ``detection_data_dir``).
     """
     specs = [get_protocol(name) for name in protocols]
-    on_result = (lambda r: echo(eval_line(r))) if echo is not None else None
+    # Each protocol's wall-clock span, for its run's start and end: from the previous result (or
+    # the start, so the first span holds the shared feature extraction) to its own result.
+    finished_ms: list[int] = []
+
+    def on_result(res: ProtocolResult) -> None:
+        finished_ms.append(int(time.time() * 1000))
+        if echo is not None:
+            echo(eval_line(res))
+
+    started_ms = int(time.time() * 1000)
     results = evaluate(encoder, train, test, specs, device=device, progress=progress, on_result=on_result,
                        **options)
     if tracking is None:
         return results
-    from sslbench.results.tracking import TrackedRun, eval_run_name, identity_tags
+    from sslbench.results import tracking as T
 
-    identity = identity_tags(tags)
+    identity = T.identity_tags(tags)
     extra = {k: v for k, v in tags.items() if k.startswith("source_")}  # a plain state dict's origin
     subset: LabelledSubset | None = options.get("subset")
-    for res in results:
+    of = (T.run_name(parent_run_id, tracking_uri=tracking.uri) if parent_run_id is not None else "") or T.run_label(tags)
+    bounds: list[int | None] = [started_ms, *finished_ms]
+    if len(finished_ms) != len(results):  # (an evaluate() that reported no results as it went)
+        bounds = [None] * (len(results) + 1)
+    headline: dict[str, float] = {}
+    for i, res in enumerate(results):
+        start_ms, end_ms = bounds[i], bounds[i + 1]
         spec = res.spec
+        transfer = res.eval_dataset != identity.get("dataset", res.eval_dataset)
         child_tags = {**identity, **extra, "kind": "eval", "protocol": spec.name,
                       "protocol_version": str(spec.version),
                       "protocol_spec": json.dumps(spec.to_dict(), sort_keys=True),
                       "eval_dataset": res.eval_dataset,
-                      "transfer": str(res.eval_dataset != identity.get("dataset", res.eval_dataset)).lower()}
+                      "transfer": str(transfer).lower()}
         if isinstance(spec, SemiSupSpec) and subset is not None:
             child_tags["subset_file"] = subset.spec
-        with TrackedRun(run_name=eval_run_name(spec.name), tags=child_tags, experiment=tracking.experiment,
-                        tracking_uri=tracking.uri, parent_run_id=parent_run_id,
-                        run_id=(resume_run_ids or {}).get(spec.name)) as run:
-            run.log_params(res.params)
-            run.log_metrics({**res.metrics, "eval_seconds": res.seconds})
-            for name, text in res.artifacts.items():
-                run.log_text(text, name)
+        name = T.eval_run_name(spec.name, of, eval_dataset=res.eval_dataset if transfer else None)
+        with T.TrackedRun(run_name=name, tags=child_tags, experiment=tracking.experiment,
+                          tracking_uri=tracking.uri, parent_run_id=parent_run_id,
+                          run_id=(resume_run_ids or {}).get(spec.name),
+                          start_time_ms=start_ms, end_time_ms=end_ms) as run:
+            # Counts come back from the protocols as floats: "256", not "256.0".
+            run.log_params({k: T.param_value(v) for k, v in res.params.items()})
+            run.log_metrics({**res.metrics, T.METRIC_EVAL_SECONDS: res.seconds})
+            for artifact, text in res.artifacts.items():
+                run.log_text(text, artifact)
+        headline.update({T.eval_metric_name(spec.name, m, res.eval_dataset if transfer else None): v
+                         for m, v in res.metrics.items() if m in T.HEADLINE_METRICS})
+    if parent_run_id is not None and headline:  # the pretraining run shows its results too
+        T.log_metrics_to_run(parent_run_id, headline, tracking_uri=tracking.uri)
     return results
 
 

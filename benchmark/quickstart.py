@@ -122,7 +122,7 @@ def _log_baseline(tracking: Tracking | None, tags: dict[str, str], name: str, cf
         return None
     from sslbench.results.tracking import TrackedRun, pretrain_run_name
 
-    run_name = pretrain_run_name(name, tags["dataset"], 0, int(tags["seed"]))
+    run_name = pretrain_run_name(name, int(tags["seed"]))  # e.g. "random-init s0"
     with TrackedRun(run_name=run_name, tags=tags, experiment=tracking.experiment,
                     tracking_uri=tracking.uri) as run:
         run.log_params({"baseline": name, "backbone": tags["backbone"]})

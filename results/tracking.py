@@ -84,6 +84,18 @@ MAX_ERROR_TAG_LENGTH = 500
 TAG_RUN_DIR = "run_dir"  # where a pretraining run's checkpoint lives
 TAG_SWEEP = "sweep"  # the sweep (name) a run was launched by
 TAG_SWEEP_CELL = "sweep_cell"  # the cell's id inside its sweep
+# The final checkpoint of a finished pretraining run (run_artifacts.log_checkpoint).
+TAG_CHECKPOINT_PATH = "checkpoint_path"  # where it is on the training machine's disk
+TAG_CHECKPOINT_SHA256 = "checkpoint_sha256"
+TAG_CHECKPOINT_BYTES = "checkpoint_bytes"
+TAG_CHECKPOINT_ARTIFACT = "checkpoint_artifact"  # its artifact path, only when it was uploaded
+
+# MLflow's own system tags (mlflow.utils.mlflow_tags), which its UI shows as User, Source and
+# Version; sslbench sets them itself because it does not use MLflow's fluent API (system_tags).
+TAG_MLFLOW_USER = "mlflow.user"
+TAG_MLFLOW_SOURCE_NAME = "mlflow.source.name"
+TAG_MLFLOW_SOURCE_TYPE = "mlflow.source.type"
+TAG_MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"
 
 #: Tags written by :func:`provenance_tags`.
 PROVENANCE_TAGS: tuple[str, ...] = (
@@ -129,6 +141,11 @@ BASELINE_METHODS = frozenset({RANDOM_INIT_METHOD, RAW_PIXELS_METHOD})
 # --- Params and artifacts ---------------------------------------------------------------------
 DERIVED_PARAM_PREFIX = "derived."
 CONFIG_ARTIFACT = "config.json"
+CHECKPOINT_ARTIFACT_DIR = "checkpoints"  # the final checkpoint, when not above the size limit
+TRAINING_CURVES_ARTIFACT = "training_curves.png"
+#: The environment variable that sets the largest checkpoint uploaded as an artifact (MB).
+CHECKPOINT_ARTIFACT_MB_ENV = "SSLBENCH_CHECKPOINT_ARTIFACT_MB"
+DEFAULT_CHECKPOINT_ARTIFACT_MB = 200.0
 
 # --- Metrics ----------------------------------------------------------------------------------
 # Pretraining, per epoch (step = epoch, 1-based).
@@ -148,6 +165,11 @@ METRIC_TOP1 = "top1"
 METRIC_TOP5 = "top5"
 METRIC_VAL_TOP1 = "val_top1"  # on the held-out part of the train set used for model selection
 METRIC_BEST_EPOCH_TOP1 = "best_epoch/top1"  # never reported as the result
+METRIC_EVAL_SECONDS = "eval_seconds"
+#: An evaluation's metrics that its pretraining run carries too (as ``eval/{protocol}/{metric}``).
+HEADLINE_METRICS: tuple[str, ...] = (METRIC_TOP1, METRIC_TOP5, "AP")
+EVAL_METRIC_PREFIX = "eval/"
+_METRIC_NAME_BAD = re.compile(r"[^/\w.\- ]")
 
 # MLflow's own limits (mlflow.utils.validation).
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -175,14 +197,60 @@ _SECRET_QUERY_KEYS = re.compile(r"pass|pwd|token|secret|key|auth|credential", re
 _USERINFO = re.compile(r"(?<=//)[^/\s@]+@")
 
 
-def pretrain_run_name(method: str, dataset: str, batch_size: int, seed: int) -> str:
-    """The run name of a pretraining run, ``pretrain/{method}/{dataset}/b{batch_size}/s{seed}``."""
-    return f"pretrain/{method}/{dataset}/b{batch_size}/s{seed}"
+def pretrain_run_name(
+    recipe: str, seed: int | str, *, dataset: str | None = None, batch_size: int | None = None,
+    epochs: int | None = None,
+) -> str:
+    """The run name of a pretraining run: what ran, e.g. ``simclr-cifar10 s0``.
+
+    The recipe (a baseline's method, e.g. ``random-init``) and the seed; the dataset, batch
+    size and epochs are added only where the run departs from its recipe
+    (``simclr-cifar10@cifar100 b512 e100 s0``), so that the runs of a sweep have distinct names.
+    The full identity is in the tags; nothing reads a run back by its name.
+
+    Args:
+        recipe: the recipe name (or a baseline's method).
+        seed: the training seed.
+        dataset: the pretraining dataset, when it is not the recipe's.
+        batch_size: the batch size, when it is not the recipe's.
+        epochs: the epochs, when they are not the recipe's.
+    """
+    name = f"{recipe}@{dataset}" if dataset else recipe
+    budget = [f"b{batch_size}"] if batch_size is not None else []
+    budget += [f"e{epochs}"] if epochs is not None else []
+    return " ".join([name, *budget, f"s{seed}"])
 
 
-def eval_run_name(protocol: str) -> str:
-    """The run name of an evaluation run, ``eval/{protocol}``."""
-    return f"eval/{protocol}"
+def eval_run_name(protocol: str, of: str | None = None, *, eval_dataset: str | None = None) -> str:
+    """The run name of an evaluation run, e.g. ``linear ← simclr-cifar10 s0``.
+
+    Args:
+        protocol: the protocol spec name.
+        of: the name of what was evaluated (the pretraining run's name); None: the protocol only.
+        eval_dataset: the dataset evaluated on, for a transfer (``linear@cifar100 ← ...``).
+    """
+    name = f"{protocol}@{eval_dataset}" if eval_dataset else protocol
+    return f"{name} \N{LEFTWARDS ARROW} {of}" if of else name
+
+
+def run_label(tags: Mapping[str, str]) -> str:
+    """A short name for what a set of identity tags describes (``simclr-cifar10 s0``): the name an
+    evaluation run gives its encoder when no pretraining run of this store is its parent."""
+    recipe = str(tags.get(TAG_RECIPE) or "")
+    if not recipe or recipe == "baseline":
+        recipe = str(tags.get(TAG_METHOD) or "encoder")
+    seed = tags.get(TAG_SEED)
+    return f"{recipe} s{seed}" if seed not in (None, "") else recipe
+
+
+def eval_metric_name(protocol: str, metric: str, eval_dataset: str | None = None) -> str:
+    """The name under which a pretraining run carries one of its evaluations' headline metrics:
+    ``eval/{protocol}/{metric}``, ``eval/{protocol}/{eval_dataset}/{metric}`` for a transfer.
+
+    Characters MLflow does not allow in metric names become ``_``.
+    """
+    parts = [protocol, *([eval_dataset] if eval_dataset else []), metric]
+    return EVAL_METRIC_PREFIX + "/".join(_METRIC_NAME_BAD.sub("_", p) for p in parts)
 
 
 def identity_tags(tags: Mapping[str, str]) -> dict[str, str]:
@@ -403,7 +471,85 @@ def provenance_tags(device: str) -> dict[str, str]:
     }
 
 
+def _source_name() -> str:
+    """What started this process, e.g. ``sslbench pretrain``: the program's name and its
+    subcommand, never its other arguments (they may hold a URI with credentials)."""
+    argv = sys.argv or [""]
+    prog = Path(argv[0]).name if argv[0] not in ("", "-c", "-") else "python"
+    try:
+        if Path(argv[0]).is_file() and Path(argv[0]).resolve().is_relative_to(_PACKAGE_DIR):
+            prog = "sslbench"  # python -m sslbench.benchmark.cli
+    except (OSError, ValueError):
+        pass
+    if prog == "__main__.py":  # python -m pkg
+        prog = Path(argv[0]).parent.name
+    sub = argv[1] if len(argv) > 1 and re.fullmatch(r"[a-z][a-z0-9_-]{0,40}", argv[1]) else ""
+    return _USERINFO.sub("", f"{prog} {sub}".strip())
+
+
+def system_tags() -> dict[str, str]:
+    """MLflow's own system tags for a new run, which its UI shows as User, Source and Version:
+    ``mlflow.user``, ``mlflow.source.name`` (e.g. ``sslbench pretrain``), ``mlflow.source.type``
+    (``LOCAL``) and ``mlflow.source.git.commit`` (the commit of the sslbench tree, without the
+    ``-dirty`` mark that the ``git_commit`` tag keeps; absent outside a git checkout).
+
+    MLflow's fluent API would also record the repository URL; sslbench does not, because a
+    remote's URL may carry a token.
+    """
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError, ImportError):  # no login name (e.g. a container without passwd entry)
+        user = "unknown"
+    tags = {TAG_MLFLOW_USER: user, TAG_MLFLOW_SOURCE_NAME: _source_name(), TAG_MLFLOW_SOURCE_TYPE: "LOCAL"}
+    sha = git_commit().removesuffix("-dirty")
+    if sha != "unknown":
+        tags[TAG_MLFLOW_GIT_COMMIT] = sha
+    return tags
+
+
+def checkpoint_artifact_limit_mb() -> float:
+    """The largest final checkpoint (MB, 10**6 bytes) uploaded as a run artifact:
+    ``SSLBENCH_CHECKPOINT_ARTIFACT_MB``, default 200; 0 uploads none. A larger one is recorded by
+    its path, size and sha256 only.
+
+    Raises:
+        SSLBenchError: the variable is not a number >= 0.
+    """
+    raw = os.environ.get(CHECKPOINT_ARTIFACT_MB_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CHECKPOINT_ARTIFACT_MB
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise SSLBenchError(
+            f"{CHECKPOINT_ARTIFACT_MB_ENV}={raw!r} is not a size in MB.",
+            f"Set it to a number >= 0 (0: never upload checkpoints), or unset it for "
+            f"{DEFAULT_CHECKPOINT_ARTIFACT_MB:.0f} MB.",
+        )
+    return value
+
+
 # --- Params -----------------------------------------------------------------------------------
+def param_value(value: Any) -> Any:
+    """``value`` as it should read in MLflow's string params: a whole float (``256.0``, as
+    protocols report counts) becomes an int (``256``); everything else is unchanged."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+def _same_number(a: str, b: str) -> bool:
+    """Whether two param strings are the same number written differently (``256.0``, ``256``)."""
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """A nested mapping as one level of dotted keys with string values.
 
@@ -592,6 +738,36 @@ def _fetch_run(run_id: str, tracking_uri: str | None) -> Any:
     return _get_run(client, uri, run_id)
 
 
+def run_name(run_id: str, *, tracking_uri: str | None = None) -> str:
+    """The name of run ``run_id`` (e.g. to name its evaluation runs after it)."""
+    return str(_fetch_run(run_id, tracking_uri).info.run_name or "")
+
+
+def log_metrics_to_run(
+    run_id: str, metrics: Mapping[str, float], *, tracking_uri: str | None = None, step: int = 0
+) -> None:
+    """Logs ``metrics`` on the existing run ``run_id`` without reopening it (its status and end
+    time stay): how a pretraining run comes to carry its evaluations' headline metrics.
+
+    Args:
+        run_id: the MLflow run id (e.g. a FINISHED pretraining run).
+        metrics: name -> value.
+        tracking_uri: see :func:`resolve_tracking_uri`.
+        step: the step of every value.
+    """
+    from mlflow.entities import Metric
+
+    uri = resolve_tracking_uri(tracking_uri)
+    with _guard(uri, "opening the tracking store"):
+        client = get_client(uri)
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+    with _guard(uri, f"logging metrics on run {run_id}"):
+        for i in range(0, len(items), _MAX_METRICS_PER_BATCH):
+            _retry_if_locked(uri, client.log_batch, run_id, metrics=items[i : i + _MAX_METRICS_PER_BATCH],
+                             synchronous=True)
+
+
 # --- TrackedRun -------------------------------------------------------------------------------
 class TrackedRun:
     """A context manager around one MLflow run, addressed by its run id.
@@ -611,7 +787,14 @@ class TrackedRun:
         tracking_uri: see :func:`resolve_tracking_uri`.
         parent_run_id: makes this a nested (child) run of that run.
         run_id: resume this existing run (e.g. after ``--resume``) instead of creating one; it
-            goes back to RUNNING and keeps its params and metric history.
+            goes back to RUNNING and keeps its params, metric history, start time and system tags.
+        start_time_ms: the run's start (ms since the epoch) when it began before it was created
+            (an evaluation logged after its protocol ran); default now. Not used when resuming.
+        end_time_ms: the run's end (ms since the epoch) when it ended before this context exits;
+            default the exit.
+
+    A new run gets MLflow's system tags (:func:`system_tags`: user, source, git commit) beside
+    ``tags``; ``tags`` win where both name one.
 
     Example::
 
@@ -629,6 +812,8 @@ class TrackedRun:
         tracking_uri: str | None = None,
         parent_run_id: str | None = None,
         run_id: str | None = None,
+        start_time_ms: int | None = None,
+        end_time_ms: int | None = None,
     ) -> None:
         self._run_name = run_name
         self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -636,6 +821,8 @@ class TrackedRun:
         self._tracking_uri = tracking_uri
         self._parent_run_id = parent_run_id
         self._resume_id = run_id
+        self._start_time_ms = start_time_ms
+        self._end_time_ms = end_time_ms
         self._run_id: str | None = None
         self._client: MlflowClient | None = None
         self._uri = ""
@@ -670,9 +857,11 @@ class TrackedRun:
                 _retry_if_locked(uri, client.update_run, self._run_id, status="RUNNING")
             self.set_tags(tags)
         else:
+            tags = {**system_tags(), **tags}
             with _guard(uri, "creating a run"):
                 run = _retry_if_locked(
-                    uri, client.create_run, experiment_id, tags=tags, run_name=self._run_name
+                    uri, client.create_run, experiment_id, tags=tags, run_name=self._run_name,
+                    start_time=self._start_time_ms,
                 )
             self._run_id = run.info.run_id
             self._params = {}
@@ -700,7 +889,8 @@ class TrackedRun:
                         f"{type(exc).__name__}: {first}"[:MAX_ERROR_TAG_LENGTH], self._uri)})
                 with _redacted_stdout(self._uri):
                     _retry_if_locked(
-                        self._uri, self._client.set_terminated, self._run_id, status=status
+                        self._uri, self._client.set_terminated, self._run_id, status=status,
+                        end_time=self._end_time_ms,
                     )
         except SSLBenchError:
             if exc_type is None:
@@ -736,7 +926,7 @@ class TrackedRun:
             old = self._params.get(key)
             if old is None:
                 new[key] = value
-            elif old != value:
+            elif old != value and not _same_number(old, value):  # "256.0" logged by older code
                 raise SSLBenchError(
                     f"Param '{key}' of MLflow run {run_id} was logged as '{old}' and is now "
                     f"'{value}'; MLflow cannot change a param.",
@@ -785,9 +975,38 @@ class TrackedRun:
 
     def metric_steps(self, key: str) -> set[int]:
         """The steps at which metric ``key`` is already logged on this run (e.g. on resume)."""
+        return {step for step, _ in self.metric_history(key)}
+
+    def metric_history(self, key: str) -> list[tuple[int, float]]:
+        """Every ``(step, value)`` of metric ``key`` on this run, by step (the latest value per
+        step where one was logged twice)."""
         client, run_id = self._require()
         with _guard(self._uri, f"reading metric {key}"):
-            return {int(m.step) for m in client.get_metric_history(run_id, key)}
+            points = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+        return sorted({int(m.step): float(m.value) for m in points}.items())
+
+    def metric_keys(self) -> list[str]:
+        """The names of the metrics logged on this run so far."""
+        client, run_id = self._require()
+        return sorted(_get_run(client, self._uri, run_id).data.metrics)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Uploads the file ``local_path`` into the run's artifacts (under ``artifact_path``),
+        e.g. the final checkpoint; a file already there under that name is replaced."""
+        client, run_id = self._require()
+        name = f"{artifact_path}/{Path(local_path).name}" if artifact_path else Path(local_path).name
+        with _guard(self._uri, f"uploading artifact {name}"):
+            client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def log_image(self, data: bytes, artifact_file: str) -> None:
+        """Writes the image bytes ``data`` (e.g. a PNG) as the artifact ``artifact_file``."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(artifact_file).name
+            path.write_bytes(data)
+            parent = str(Path(artifact_file).parent)
+            self.log_artifact(path, None if parent == "." else parent)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Writes ``text`` as an artifact (e.g. a protocol's ``covariance_spectrum.json``)."""

@@ -75,7 +75,7 @@ def build_store(root: Path) -> ResultsStore:
                     T.TAG_BATCH_SIZE: str(bs), T.TAG_EPOCHS: str(EPOCHS), T.TAG_SEED: str(seed),
                     T.TAG_CONFIG_HASH: f"h-{method}-{dataset}-{bs}-{seed}", **provenance,
                 }  # fmt: skip
-                with T.TrackedRun(run_name=T.pretrain_run_name(method, dataset, bs, seed), tags=tags,
+                with T.TrackedRun(run_name=T.pretrain_run_name(f"{method}-{dataset}", seed, batch_size=bs), tags=tags,
                                   tracking_uri=uri) as run:
                     run.log_params({"derived.world_size": 1})
                     run.log_metrics({
@@ -89,7 +89,7 @@ def build_store(root: Path) -> ResultsStore:
                 T.TAG_PROTOCOL_VERSION: "1", T.TAG_PROTOCOL_SPEC: json.dumps({"name": protocol}),
                 T.TAG_EVAL_DATASET: dataset,
             }  # fmt: skip
-            with T.TrackedRun(run_name=T.eval_run_name(protocol), tags=tags, tracking_uri=uri,
+            with T.TrackedRun(run_name=T.eval_run_name(protocol, T.run_name(pretrain_ids[key], tracking_uri=uri)), tags=tags, tracking_uri=uri,
                               parent_run_id=pretrain_ids[key]) as run:
                 metrics = {T.METRIC_TOP1: top1, T.METRIC_TOP5: min(100.0, top1 + 9.0)}
                 best = BEST_EPOCH.get((method, dataset, bs, protocol))

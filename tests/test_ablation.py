@@ -352,7 +352,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[tuple[str
         tags = {T.TAG_KIND: T.KIND_PRETRAIN, T.TAG_METHOD: method, T.TAG_AUGMENT: BASE,
                 T.TAG_DATASET: "fashion-mnist", T.TAG_BACKBONE: "small-cnn", T.TAG_BATCH_SIZE: str(b),
                 T.TAG_EPOCHS: "3", T.TAG_SEED: str(seed), T.TAG_DEVICE: "cpu"}  # fmt: skip
-        with T.TrackedRun(run_name=T.pretrain_run_name(method, "fashion-mnist", b, seed), tags=tags,
+        with T.TrackedRun(run_name=T.pretrain_run_name(f"{method}-fashion-mnist", seed, batch_size=b), tags=tags,
                           tracking_uri=uri) as tracked:  # fmt: skip
             tracked.log_params(T.flatten({"world_size": 1}, prefix=T.DERIVED_PARAM_PREFIX))
             for epoch in (1, 2, 3):

@@ -83,7 +83,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
             T.TAG_CONFIG_HASH: f"hash-{method}-{bs}-{seed}",
             **provenance,
         }
-        name = T.pretrain_run_name(method, "cifar10", bs, seed)
+        name = T.pretrain_run_name(f"{method}-cifar10", seed, batch_size=bs)
         with T.TrackedRun(run_name=name, tags=tags, tracking_uri=uri) as run:
             run.log_params(config(method, bs, seed))
             run.log_params(T.flatten({"lr": 0.3 * bs / 256}, prefix=T.DERIVED_PARAM_PREFIX))
@@ -127,7 +127,7 @@ def _log_eval(uri: str, parent_tags: dict[str, str], parent_id: str, protocol: s
     }
     top1 = known_top1(method, bs, seed, protocol)
     with T.TrackedRun(
-        run_name=T.eval_run_name(protocol), tags=tags, tracking_uri=uri, parent_run_id=parent_id
+        run_name=T.eval_run_name(protocol, T.run_label(parent_tags)), tags=tags, tracking_uri=uri, parent_run_id=parent_id
     ) as run:
         run.log_params(
             {"k": 200, "temperature": 0.1} if protocol.startswith("knn") else {"lr": 0.1}
@@ -148,7 +148,7 @@ def test_load_runs_returns_the_logged_eval_runs(store: Store) -> None:
         key = (row.method, int(row.batch_size), int(row.seed), row.protocol)
         assert store.eval_ids[key] == row.run_id
         assert row.parent_run_id == store.pretrain_ids[key[:3]]
-        assert row.run_name == f"eval/{row.protocol}"
+        assert row.run_name == f"{row.protocol} ← {key[0]}-cifar10 s{key[2]}"
         assert row.top1 == pytest.approx(known_top1(*key))
         assert row.top5 == pytest.approx(known_top1(*key) + 10.0)
         assert row.config_hash == f"hash-{key[0]}-{key[1]}-{key[2]}"
@@ -166,7 +166,7 @@ def test_load_runs_pretrain_params_metrics_and_config_artifact(store: Store) -> 
     assert set(runs["run_id"]) == set(store.pretrain_ids.values())
     assert runs["parent_run_id"].isna().all()
     row = runs[runs["run_id"] == store.pretrain_ids[("byol", 256, 1)]].iloc[0]
-    assert row["run_name"] == "pretrain/byol/cifar10/b256/s1"
+    assert row["run_name"] == "byol-cifar10 b256 s1"
     assert row["param.data.batch_size"] == "256" and row["param.optim.base_lr"] == "0.3"
     assert row["param.derived.lr"] == "0.3"
     assert row["train/loss"] == 5.0 - EPOCHS  # the latest (last-epoch) value
@@ -392,7 +392,7 @@ def test_resume_appends_to_the_same_run(store: Store) -> None:
     cfg = config("byol", 128, 0)
     kwargs = dict(experiment="resume", tracking_uri=store.uri)
     with T.TrackedRun(
-        run_name="pretrain/byol/cifar10/b128/s0", tags={T.TAG_KIND: T.KIND_PRETRAIN}, **kwargs
+        run_name="byol-cifar10 b128 s0", tags={T.TAG_KIND: T.KIND_PRETRAIN}, **kwargs
     ) as run:
         run.log_params(cfg)
         run.log_metrics({T.METRIC_TRAIN_LOSS: 3.0}, step=1)
